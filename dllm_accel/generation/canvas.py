@@ -1,0 +1,119 @@
+"""The state one generation carries from step to step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.spec import ModelSpec
+from .settings import ResolvedSettings
+
+
+@dataclass
+class Commit:
+    """Positions to fill (``index`` [B, L] bool) and the tokens that fill them."""
+
+    index: torch.Tensor
+    tokens: torch.Tensor
+
+    def counts(self) -> torch.Tensor:
+        return self.index.sum(dim=1)
+
+
+@dataclass
+class Canvas:
+    x: torch.Tensor  # [B, L] current sequence, mask ids where undecided
+    prompt_length: int  # P: width of the (left-padded) prompt
+    settings: ResolvedSettings
+    spec: ModelSpec
+    key_mask: torch.Tensor | None  # [B, L] bool, False = padded key; None = attend to all
+    positions: torch.Tensor  # [L] or [B, L] RoPE positions
+    prompt_index: torch.Tensor  # [B, L] positions that were not masks at the start
+    block: int = 0
+    block_step: int = 0
+    step: int = 0
+    nfe: int = 0
+    trajectory: list[torch.Tensor] | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        prompt: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        settings: ResolvedSettings,
+        spec: ModelSpec,
+    ) -> "Canvas":
+        batch, plen = prompt.shape
+        gen = settings.gen_length
+        x = torch.full((batch, plen + gen), settings.mask_id, dtype=torch.long, device=prompt.device)
+        x[:, :plen] = prompt
+        key_mask, positions = _padding(attention_mask, batch, plen + gen, spec, settings, prompt.device)
+        return cls(
+            x=x,
+            prompt_length=plen,
+            settings=settings,
+            spec=spec,
+            key_mask=key_mask,
+            positions=positions,
+            prompt_index=x != settings.mask_id,
+            trajectory=[] if settings.output_history else None,
+        )
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def mask_id(self) -> int:
+        return self.settings.mask_id
+
+    @property
+    def block_start(self) -> int:
+        return self.prompt_length + self.block * self.settings.block_length
+
+    @property
+    def block_end(self) -> int:
+        return self.block_start + self.settings.block_length
+
+    @property
+    def block_slice(self) -> slice:
+        return slice(self.block_start, self.block_end)
+
+    def masked(self) -> torch.Tensor:
+        return self.x == self.mask_id
+
+    def block_masked(self) -> torch.Tensor:
+        """[B, block_length] bool: undecided positions of the current block."""
+        return self.x[:, self.block_slice] == self.mask_id
+
+    def write(self, commit: Commit) -> None:
+        self.x = torch.where(commit.index, commit.tokens, self.x)
+
+
+def _padding(
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    length: int,
+    spec: ModelSpec,
+    settings: ResolvedSettings,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Key mask and positions for left-padded prompts, as each family's official code does.
+
+    Without padding (or with the legacy no-mask semantics) every key is attended and
+    positions run 0..L-1. Dream shifts positions past the pads (pads get position 1);
+    LLaDA keeps 0..L-1 and only hides padded keys.
+    """
+    plain = torch.arange(length, device=device)
+    if attention_mask is None or settings.legacy_ignore_attention_mask or bool(attention_mask.all()):
+        return None, plain
+    if attention_mask.shape[0] != batch:
+        raise ValueError(f"attention_mask has batch {attention_mask.shape[0]}, input_ids has {batch}")
+    ones = torch.ones(batch, length - attention_mask.shape[1], dtype=torch.bool, device=device)
+    key_mask = torch.cat([attention_mask.to(device=device, dtype=torch.bool), ones], dim=1)
+    if not spec.pad_shifts_positions:
+        return key_mask, plain
+    positions = key_mask.long().cumsum(-1) - 1
+    return key_mask, positions.masked_fill(~key_mask, 1)

@@ -1,0 +1,133 @@
+"""Sampler settings under the official parameter names, checked before any forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..models.spec import ModelSpec
+
+SAMPLERS = ("llada", "dream")
+REMASKING = ("low_confidence", "random")
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+CONFIDENCE_DTYPES = ("model", "float32", "float64")
+
+
+class SettingsError(ValueError):
+    """A sampler or method setting outside what is accepted."""
+
+
+@dataclass
+class SamplerSettings:
+    """Every option of the official LLaDA ``generate`` and Dream ``diffusion_generate``.
+
+    ``sampler`` picks the rule family (default: the model's own). ``max_new_tokens`` is
+    Dream's name for ``gen_length``. ``block_length=None`` means one block (Dream's and
+    LLaDA's pure-diffusion mode). ``alg`` defaults to ``entropy``, the choice of every
+    official Dream evaluation (the hub generation_config says ``origin``).
+    """
+
+    gen_length: int | None = None
+    max_new_tokens: int | None = None
+    steps: int | None = None
+    block_length: int | None = None
+    temperature: float = 0.0
+    sampler: str | None = None
+    # LLaDA
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    # float64 = Mar-May 2025 LLaDA, Fast-dLLM and dLLM-Cache; model = LLaDA since Jun 2025
+    confidence_dtype: str = "model"
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    # Dream
+    alg: str = "entropy"
+    alg_temp: float | None = None
+    eps: float = 1e-3
+    top_p: float | None = None
+    top_k: int | None = None
+    # both
+    mask_id: int | None = None
+    legacy_ignore_attention_mask: bool = False
+    output_history: bool = False
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def resolve(self, spec: ModelSpec, prompt_length: int) -> "ResolvedSettings":
+        """Fill family defaults and reject anything impossible, naming the value."""
+        if self.gen_length is not None and self.max_new_tokens is not None and self.gen_length != self.max_new_tokens:
+            raise SettingsError(
+                f"gen_length={self.gen_length} and max_new_tokens={self.max_new_tokens} disagree (they are one setting)"
+            )
+        gen = self.gen_length if self.gen_length is not None else self.max_new_tokens
+        if gen is None:
+            raise SettingsError("gen_length (or max_new_tokens) is required")
+        _positive_int("gen_length", gen)
+        steps = gen if self.steps is None else self.steps
+        _positive_int("steps", steps)
+        block = gen if self.block_length is None else self.block_length
+        _positive_int("block_length", block)
+        if gen % block:
+            raise SettingsError(f"gen_length={gen} is not a multiple of block_length={block}")
+        num_blocks = gen // block
+        if steps % num_blocks:
+            raise SettingsError(
+                f"steps={steps} is not divisible by the number of blocks {num_blocks} (gen_length {gen} / block_length {block})"
+            )
+        if prompt_length + gen > spec.max_seq_len:
+            raise SettingsError(
+                f"prompt ({prompt_length}) + generation ({gen}) = {prompt_length + gen} tokens exceeds the model's context of {spec.max_seq_len}"
+            )
+        sampler = self.sampler or spec.family
+        _one_of("sampler", sampler, SAMPLERS)
+        _one_of("remasking", self.remasking, REMASKING)
+        _one_of("alg", self.alg, DREAM_ALGS)
+        _one_of("confidence_dtype", self.confidence_dtype, CONFIDENCE_DTYPES)
+        if self.temperature < 0:
+            raise SettingsError(f"temperature={self.temperature} must be >= 0")
+        if self.cfg_scale < 0:
+            raise SettingsError(f"cfg_scale={self.cfg_scale} must be >= 0")
+        if not 0 < self.eps < 1:
+            raise SettingsError(f"eps={self.eps} must be in (0, 1)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SettingsError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise SettingsError(f"top_k={self.top_k} must be >= 1")
+        if self.alg_temp is not None and self.alg_temp < 0:
+            raise SettingsError(f"alg_temp={self.alg_temp} must be >= 0")
+        return ResolvedSettings(
+            raw=self,
+            sampler=sampler,
+            gen_length=gen,
+            steps=steps,
+            block_length=block,
+            num_blocks=num_blocks,
+            steps_per_block=steps // num_blocks,
+            mask_id=spec.tokens.mask if self.mask_id is None else self.mask_id,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    raw: SamplerSettings
+    sampler: str
+    gen_length: int
+    steps: int
+    block_length: int
+    num_blocks: int
+    steps_per_block: int
+    mask_id: int
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
+def _positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SettingsError(f"{name}={value!r} must be a positive integer")
+
+
+def _one_of(name: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise SettingsError(f"unknown {name} {value!r} (accepted: {', '.join(accepted)})")

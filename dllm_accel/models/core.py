@@ -1,0 +1,154 @@
+"""One bidirectional transformer for every dLLM family.
+
+Blocks expose their steps as primitives (``attn_norm``, ``qkv``, ``attend``, ``attn_out``,
+``mlp_norm``, ``mlp``) so acceleration methods recompute or reuse pieces without copying
+model code. ``Block.forward`` is those primitives in order and is what vanilla runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import RopeTable
+from .spec import ModelSpec
+
+
+class RMSNorm(nn.Module):
+    """Normalise in fp32, cast back, then scale by the weight in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d, hd = spec.d_model, spec.head_dim
+        self.attn_norm_layer = RMSNorm(d, spec.norm_eps)
+        self.q_proj = nn.Linear(d, spec.n_heads * hd, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(d, spec.kv_dim, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(d, spec.kv_dim, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(spec.n_heads * hd, d, bias=False)
+        self.mlp_norm_layer = RMSNorm(d, spec.norm_eps)
+        self.gate_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(spec.mlp_hidden, d, bias=False)
+
+    # -- primitives -------------------------------------------------------------------
+    def attn_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn_norm_layer(x)
+
+    def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project to heads: q [B, H, T, D], k and v [B, H_kv, T, D], before RoPE."""
+        b, t, _ = h.shape
+        hd = self.spec.head_dim
+        q = self.q_proj(h).view(b, t, self.spec.n_heads, hd).transpose(1, 2)
+        k = self.k_proj(h).view(b, t, self.spec.n_kv_heads, hd).transpose(1, 2)
+        v = self.v_proj(h).view(b, t, self.spec.n_kv_heads, hd).transpose(1, 2)
+        return q, k, v
+
+    def rope(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
+        return table.apply(x)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Bidirectional attention; ``key_mask`` [B, Tk] bool hides padded keys."""
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        gqa = k.shape[1] != q.shape[1]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+    def attn_out(self, ctx: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = ctx.shape
+        return self.o_proj(ctx.transpose(1, 2).reshape(b, t, -1))
+
+    def mlp_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_norm_layer(x)
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    # -- the plain pass ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor, rope: RopeTable, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(self.attn_norm(x))
+        ctx = self.attend(self.rope(q, rope), self.rope(k, rope), v, key_mask)
+        x = x + self.attn_out(ctx)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DiffusionTransformer(nn.Module):
+    """Embedding, pre-norm blocks, final norm and an untied output head."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
+        self.final_norm = RMSNorm(spec.d_model, spec.norm_eps)
+        self.head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def rope_table(self, positions: torch.Tensor) -> RopeTable:
+        s = self.spec
+        return RopeTable(positions, s.head_dim, s.rope_theta, s.rope_in_fp32, self.dtype, s.rope_scaling)
+
+    def positions_for(self, length: int, start: int = 0) -> torch.Tensor:
+        return torch.arange(start, start + length, device=self.device)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and head over hidden states of any subset of rows."""
+        return self.head(self.final_norm(hidden))
+
+    def shift_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Align Dream's next-token logits with the positions they fill (no-op for LLaDA)."""
+        if not self.spec.logit_shift:
+            return logits
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Raw (unshifted) logits for every position.
+
+        Hidden states follow the HF convention: embeddings, each block's output but the
+        last, then the final-norm output.
+        """
+        if positions is None:
+            positions = self.positions_for(input_ids.shape[1])
+        rope = self.rope_table(positions)
+        x = self.embed(input_ids)
+        hidden = [x] if output_hidden_states else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, key_mask)
+            if hidden is not None and i < len(self.blocks) - 1:
+                hidden.append(x)
+        normed = self.final_norm(x)
+        if hidden is not None:
+            hidden.append(normed)
+        return self.head(normed), hidden

@@ -1,0 +1,31 @@
+"""Tokenizers from the checkpoint's own files, never with remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .families import CheckpointError
+from .loading import resolve_checkpoint_dir
+
+# Dream's hub class is Qwen2's byte-level BPE under another name.
+_QWEN2_ALIASES = {"DreamTokenizer", "Qwen2Tokenizer", "Qwen2TokenizerFast"}
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """Load the tokenizer stored with a checkpoint (local directory or hub id)."""
+    from transformers import AutoTokenizer, Qwen2TokenizerFast
+
+    directory = resolve_checkpoint_dir(name_or_path)
+    config_path = directory / "tokenizer_config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no tokenizer_config.json, so no tokenizer can be loaded from it")
+    tokenizer_class = json.loads(config_path.read_text()).get("tokenizer_class")
+    if tokenizer_class in _QWEN2_ALIASES:
+        for needed in ("vocab.json", "merges.txt"):
+            if not (directory / needed).is_file():
+                raise CheckpointError(f"{directory}: {tokenizer_class} needs {needed}, which is missing")
+        return Qwen2TokenizerFast.from_pretrained(str(directory))
+    if not (directory / "tokenizer.json").is_file():
+        raise CheckpointError(f"{directory}: {tokenizer_class or 'the tokenizer'} needs tokenizer.json, which is missing")
+    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
