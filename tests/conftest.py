@@ -1,0 +1,47 @@
+"""Shared helpers: the tiny parity checkpoints and their recorded cases."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from dllm_accel.models import load_model
+from dllm_accel.paths import fixtures_dir, tiny_checkpoint
+
+torch.set_num_threads(2)
+
+
+@lru_cache(maxsize=None)
+def tiny_model(family: str):
+    """One float32 tiny model per family, shared by every test (never mutate it)."""
+    return load_model(tiny_checkpoint(family), dtype=torch.float32)
+
+
+def load_cases(relative: str) -> list[dict]:
+    """The ``cases`` list of a fixture JSON under ``shared/fixtures/cases``."""
+    return json.loads((fixtures_dir() / "cases" / relative).read_text())["cases"]
+
+
+def case_ids(cases: list[dict]) -> list[str]:
+    return [c["name"] for c in cases]
+
+
+def transfer_counts(trajectory: list[torch.Tensor], start: torch.Tensor, mask_id: int) -> list[list[int]]:
+    """How many masks each step filled, per row, from the sequence before and after it."""
+    counts, previous = [], start
+    for state in trajectory:
+        counts.append(((previous == mask_id) & (state != mask_id)).sum(dim=1).tolist())
+        previous = state
+    return counts
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    path = fixtures_dir()
+    if not path.is_dir():
+        pytest.fail(f"parity fixtures not found at {path} (set DLLM_ACCEL_SHARED)")
+    return path
