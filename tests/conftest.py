@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from dllm_accel.paths import fixtures_dir, tiny_checkpoint
 torch.set_num_threads(2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_model(family: str):
     """One float32 tiny model per family, shared by every test (never mutate it)."""
     return load_model(tiny_checkpoint(family), dtype=torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import case_ids, load_cases, tiny_model, transfer_counts
+from conftest import load_cases, tiny_model, transfer_counts
 from safetensors.torch import load_file
 
 from dllm_accel import generate

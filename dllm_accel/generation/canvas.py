@@ -44,7 +44,7 @@ class Canvas:
         attention_mask: torch.Tensor | None,
         settings: ResolvedSettings,
         spec: ModelSpec,
-    ) -> "Canvas":
+    ) -> Canvas:
         batch, plen = prompt.shape
         gen = settings.gen_length
         x = torch.full((batch, plen + gen), settings.mask_id, dtype=torch.long, device=prompt.device)

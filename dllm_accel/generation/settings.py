@@ -54,7 +54,7 @@ class SamplerSettings:
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
-    def resolve(self, spec: ModelSpec, prompt_length: int) -> "ResolvedSettings":
+    def resolve(self, spec: ModelSpec, prompt_length: int) -> ResolvedSettings:
         """Fill family defaults and reject anything impossible, naming the value."""
         if self.gen_length is not None and self.max_new_tokens is not None and self.gen_length != self.max_new_tokens:
             raise SettingsError(

@@ -6,9 +6,10 @@ Adding a family (a future dLLM with this block layout) means adding one adapter 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .spec import ModelSpec, SpecialTokens
 

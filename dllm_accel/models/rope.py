@@ -51,7 +51,7 @@ class RopeTable:
         out = src * self.cos + rotate_half(src) * self.sin
         return out.to(x.dtype)
 
-    def select(self, index: torch.Tensor | slice) -> "RopeTable":
+    def select(self, index: torch.Tensor | slice) -> RopeTable:
         """The table restricted to some positions along T (for block and sparse passes)."""
         sub = object.__new__(RopeTable)
         sub.in_fp32 = self.in_fp32
