@@ -50,3 +50,19 @@ def test_steps_default_to_gen_length():
     out = generate(tiny_model("dream"), torch.tensor([[1628, 3, 4]]), max_new_tokens=8)
     assert out.nfe == 8
     assert not (out.sequences == 1650).any()
+
+
+def test_count_above_candidates_never_remasks_decoded_tokens():
+    """Uneven rows under Dream's batch-averaged count: the short row must keep its tokens."""
+    from dllm_accel.generation import Canvas, SamplerSettings, top_k_commit
+
+    model = tiny_model("dream")
+    settings = SamplerSettings(max_new_tokens=4, steps=1).resolve(model.spec, 2)
+    canvas = Canvas.start(torch.tensor([[1628, 3], [1628, 4]]), None, settings, model.spec)
+    canvas.x[0, 2:5] = 7  # row 0 has one mask left, row 1 has four
+    confidence = torch.zeros(2, 6).masked_fill(~canvas.masked(), -torch.inf)
+    x0 = torch.full((2, 6), 9)
+    commit = top_k_commit(confidence, x0, torch.tensor([4, 4]), canvas)
+    canvas.write(commit)
+    assert canvas.x[0].tolist() == [1628, 3, 7, 7, 7, 9]
+    assert canvas.x[1].tolist() == [1628, 4, 9, 9, 9, 9]

@@ -48,7 +48,8 @@ def top_k_commit(confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tenso
     for b, k in enumerate(counts.tolist()):
         if k > 0:
             index[b, torch.topk(confidence[b], k).indices] = True
-    return Commit(index=index, tokens=x0)
+    # a count above a row's candidates must not overwrite decoded tokens with masks
+    return Commit(index=index & canvas.masked(), tokens=x0)
 
 
 class ConfidencePolicy(DecodingPolicy):
