@@ -133,3 +133,30 @@ def test_special_tokens_follow_the_checkpoint(family, mask, eos, eot, bos):
     spec, _, _ = load_spec(tiny_checkpoint(family))
     assert (spec.tokens.mask, spec.tokens.eos, spec.tokens.eot, spec.tokens.bos) == (mask, eos, eot, bos)
     assert spec.vocab_size == 2048
+
+
+def test_hub_id_is_downloaded_with_huggingface_hub(monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        calls.append((repo_id, allow_patterns))
+        return str(tiny_checkpoint("llada"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = load_model("GSAI-ML/LLaDA-8B-Instruct")
+    assert calls[0][0] == "GSAI-ML/LLaDA-8B-Instruct"
+    assert "*.safetensors" in calls[0][1]
+    assert model.spec.family == "llada"
+
+
+def test_hub_failure_names_the_id(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="could not fetch hub checkpoint 'Dream-org/Dream-v0-Base-7B': no network"):
+        load_model("Dream-org/Dream-v0-Base-7B")
