@@ -58,6 +58,11 @@ class Block(nn.Module):
         v = self.v_proj(h).view(b, t, self.spec.n_kv_heads, hd).transpose(1, 2)
         return q, k, v
 
+    def value(self, h: torch.Tensor) -> torch.Tensor:
+        """V alone [B, H_kv, T, D], for methods that score tokens by how their values changed."""
+        b, t, _ = h.shape
+        return self.v_proj(h).view(b, t, self.spec.n_kv_heads, self.spec.head_dim).transpose(1, 2)
+
     def rope(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
         return table.apply(x)
 
