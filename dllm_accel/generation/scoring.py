@@ -16,8 +16,17 @@ from .settings import ResolvedSettings
 _CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def gumbel_max_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """LLaDA's Gumbel-max trick in float64; at temperature 0 the same tensor comes back."""
+def gumbel_max_logits(logits: torch.Tensor, temperature: float, variant: str = "llada") -> torch.Tensor:
+    """LLaDA's Gumbel-max trick in float64; at temperature 0 the same tensor comes back.
+
+    ``variant='dllm_cache'`` is dLLM-Cache's copy: everything in the logits' dtype, and
+    ``exp(logits)`` at temperature 0, whose argmax takes the first index where exp rounds
+    two logits to one value or overflows (logits above ~88.7).
+    """
+    if variant == "dllm_cache":
+        if temperature == 0:
+            return logits.exp()
+        return logits.exp() / (-torch.log(torch.rand_like(logits))) ** temperature
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
@@ -35,7 +44,7 @@ def llada_propose(
     """
     if settings.logits_eos_inf:
         logits[..., spec.tokens.eos] = -torch.inf
-    noisy = gumbel_max_logits(logits, settings.temperature)
+    noisy = gumbel_max_logits(logits, settings.temperature, settings.gumbel_variant)
     x0 = noisy[:, window].argmax(dim=-1)
     if settings.confidence_eos_eot_inf:
         # The official chained assignment: at temperature 0 ``noisy is logits``, so both

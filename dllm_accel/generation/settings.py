@@ -10,6 +10,7 @@ SAMPLERS = ("llada", "dream")
 REMASKING = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CONFIDENCE_DTYPES = ("model", "float32", "float64")
+GUMBEL_VARIANTS = ("llada", "dllm_cache")
 
 
 class SettingsError(ValueError):
@@ -35,8 +36,11 @@ class SamplerSettings:
     # LLaDA
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
-    # float64 = Mar-May 2025 LLaDA, Fast-dLLM and dLLM-Cache; model = LLaDA since Jun 2025
+    # float64 = Mar-May 2025 LLaDA and Fast-dLLM; model = LLaDA since Jun 2025 and dLLM-Cache
     confidence_dtype: str = "model"
+    # llada = generate.py (float64 noise; logits as they are at temperature 0); dllm_cache = its copy in
+    # dLLM-Cache (noise and exp in the model dtype, argmax over exp(logits) even at temperature 0)
+    gumbel_variant: str = "llada"
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     # Dream
@@ -84,6 +88,7 @@ class SamplerSettings:
         _one_of("remasking", self.remasking, REMASKING)
         _one_of("alg", self.alg, DREAM_ALGS)
         _one_of("confidence_dtype", self.confidence_dtype, CONFIDENCE_DTYPES)
+        _one_of("gumbel_variant", self.gumbel_variant, GUMBEL_VARIANTS)
         if self.temperature < 0:
             raise SettingsError(f"temperature={self.temperature} must be >= 0")
         if self.cfg_scale < 0:
