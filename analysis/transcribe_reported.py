@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dllm_accel.paths import shared_dir
 
-from .reported import COLUMNS, REPORTED_DIR, UNITS, setting_key
+from .reported import ANY_TASK, COLUMNS, REPORTED_DIR, UNITS, setting_key
 
 SPARSE_SPEC = "sparse-dllm-and-dyllm.md"
 BASELINES_SPEC = "models-vanilla-dllmcache-fastdllm.md"
@@ -192,13 +192,14 @@ def sparse_dllm_fig5(text: str) -> Iterator[dict]:
                 "fig5",
                 lookup(MODELS, family),
                 lookup(METHODS, label),
-                "long_prompt",
+                ANY_TASK,
                 metric,
                 value,
                 setting=setting_key(seq_len=length),
                 definition="all_positions",
                 gpu="RTX 4090 48GB",
-                note="read off the plot (±0.5); gen 256, steps 256, block 32, batch 1"
+                note="read off the plot (±0.5); prompts not published: any prompt of the length; gen 256, steps 256, "
+                "block 32, batch 1"
                 + ("; OOM" if value is None else ""),
             )
 
@@ -220,7 +221,7 @@ def dyllm_table(text: str) -> Iterator[dict]:
                 note = "lm-eval, gen 256, steps 256, " + DYLLM_BLOCKS
                 if model == "llada_8b_instruct" and task == "mbpp":
                     note += "; throughput likely the 2 tokens/step point (spec B.10 inconsistency)"
-                common = dict(setting=setting, definition="batched_generated", gpu="unstated", note=note)
+                common = dict(setting=setting, definition="before_eos", gpu="unstated", note=note)
                 yield row("dyllm", "result_table", model, method, task, "accuracy", accuracy, **common)
                 yield row("dyllm", "result_table", model, method, task, "throughput", throughput, **common)
                 if speedup is not None:
@@ -240,7 +241,7 @@ def dyllm_curves(text: str) -> Iterator[dict]:
                 setting = setting_key(tokens_per_step=per_step, threshold=tau if method == "dyllm" else None)
                 common = dict(
                     setting=setting,
-                    definition="batched_generated",
+                    definition="before_eos",
                     gpu="unstated",
                     note="read off the plot (±3 tok/s, ±0.5 acc); tokens per step 1/2/4 inferred (steps 256/128/64)",
                 )
@@ -256,6 +257,8 @@ def _triple(cell: str) -> tuple[float, float, float | None]:
 
 
 FAST_NOTE = "lm-eval, block 32, parallel threshold 0.9, batch 1"
+# Fast-dLLM counts LLaDA answer tokens after `until` minus EOS, and Dream generated tokens minus EOS
+FAST_COUNT = {"llada_8b_instruct": "answer", "dream_v0_7b_base": "non_eos"}
 
 
 def fast_dllm_tables(text: str) -> Iterator[dict]:
@@ -269,19 +272,22 @@ def fast_dllm_tables(text: str) -> Iterator[dict]:
             shots = re.search(r"(\d+)-shot", cells[0])
             note = FAST_NOTE + (f", {shots.group(1)}-shot" if shots else "")
             for method, cell in zip(methods, cells[2:], strict=True):
-                yield from _fast_cell(table, model, method, task, setting_key(gen_length=int(cells[1])), cell, note)
+                setting = setting_key(gen_length=int(cells[1]))
+                yield from _fast_cell(table, model, method, task, setting, cell, note, FAST_COUNT[model])
     header, *body = markdown_tables(text, "**Tables 3 and 4: LLaDA GSM8K**")[0]
     methods = [lookup(METHODS, h) for h in header[1:]]
     for cells in body:
         shots, length = re.fullmatch(r"(\d+)-shot, len (\d+)", cells[0]).groups()
         setting = setting_key(gen_length=int(length), shots=int(shots))
         for method, cell in zip(methods, cells[1:], strict=True):
-            yield from _fast_cell("3-4", "llada_8b_instruct", method, "gsm8k", setting, cell, FAST_NOTE)
+            yield from _fast_cell("3-4", "llada_8b_instruct", method, "gsm8k", setting, cell, FAST_NOTE, "answer")
 
 
-def _fast_cell(table: str, model: str, method: str, task: str, setting: str, cell: str, note: str) -> Iterator[dict]:
+def _fast_cell(
+    table: str, model: str, method: str, task: str, setting: str, cell: str, note: str, definition: str
+) -> Iterator[dict]:
     accuracy, throughput, speedup = _triple(cell)
-    common = dict(setting=setting, definition="non_eos_answer", gpu="A100 80GB", note=note)
+    common = dict(setting=setting, definition=definition, gpu="A100 80GB", note=note)
     yield row("fast_dllm", table, model, method, task, "accuracy", accuracy, **common)
     yield row("fast_dllm", table, model, method, task, "throughput", throughput, **common)
     if speedup is not None:

@@ -1,0 +1,77 @@
+"""Which experiment reproduces which paper table, and how a run is named in the tables.
+
+A run's ``label`` is the paper-level method name of what it ran (``fast_dllm_dual_parallel``
+is Fast-dLLM's dual cache with threshold decoding), derived from the method and sampler
+settings, so the same settings give the same label whatever config file produced them. A
+method the papers never ran keeps its registered name and shows up as an extra row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One ``conf/experiment`` entry that reproduces published numbers."""
+
+    experiment: str
+    paper: str
+    tables: tuple[str, ...]
+    title: str
+
+
+PAPER_TABLES = (
+    PaperTable("sparse_dllm_table1", "sparse_dllm", ("1a", "1b"), "Sparse-dLLM Table 1 (LLaDA-8B-Instruct, LLaDA-1.5)"),
+    PaperTable("sparse_dllm_table2", "sparse_dllm", ("2a", "2b"), "Sparse-dLLM Table 2 (Dream-v0-7B Base, Instruct)"),
+    PaperTable("sparse_dllm_fig5", "sparse_dllm", ("fig5",), "Sparse-dLLM Fig. 5 (throughput, memory vs length)"),
+    PaperTable("dyllm_table", "dyllm", ("result_table",), "DyLLM result table (LLaDA-8B-Instruct, Dream-7B-Instruct)"),
+    PaperTable("dyllm_curves", "dyllm", ("curves",), "DyLLM accuracy vs throughput, 1/2/4 tokens per step"),
+    PaperTable("fast_dllm_table1", "fast_dllm", ("1",), "Fast-dLLM Table 1 (LLaDA-8B-Instruct)"),
+    PaperTable("fast_dllm_table2", "fast_dllm", ("2",), "Fast-dLLM Table 2 (Dream-v0-7B-Base)"),
+    PaperTable("fast_dllm_table3_4", "fast_dllm", ("3-4",), "Fast-dLLM Tables 3-4 (LLaDA GSM8K, long and 8-shot)"),
+    PaperTable("fast_dllm_fig5", "fast_dllm", ("fig5",), "Fast-dLLM Fig. 5 (tokens per step vs threshold)"),
+    PaperTable("dllm_cache_speedups", "dllm_cache", ("radar",), "dLLM-Cache speed-ups (README radar figure)"),
+)
+BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
+
+# setting keys that describe the method itself: a speed-up compares against the vanilla run
+# that shares every other key
+METHOD_KEYS = ("threshold",)
+
+# paper order of the rows; labels not listed sort after these, alphabetically
+METHOD_ORDER = (
+    "vanilla",
+    "dllm_cache",
+    "dkv_cache",
+    "fast_dllm",
+    "fast_dllm_prefix",
+    "fast_dllm_dual",
+    "fast_dllm_parallel",
+    "fast_dllm_prefix_parallel",
+    "fast_dllm_dual_parallel",
+    "sparse_dllm",
+    "dyllm",
+)
+
+PARALLEL_KEYS = ("threshold", "factor")
+CACHE_MODE_KEYS = ("cache", "mode", "cache_mode")
+
+
+def method_label(method: str, options: dict, sampler: dict) -> str:
+    """The paper-level name of a method run (see the module docstring)."""
+    parallel = any(sampler.get(k) is not None for k in PARALLEL_KEYS) or any(
+        options.get(k) is not None for k in ("decode_threshold", "factor")
+    )
+    if method == "vanilla":
+        return "fast_dllm_parallel" if parallel else "vanilla"
+    if method == "fast_dllm":
+        mode = next((options[k] for k in CACHE_MODE_KEYS if options.get(k)), None)
+        if mode is None:
+            mode = "dual" if options.get("dual_cache") else "prefix"
+        return f"fast_dllm_{mode}" + ("_parallel" if parallel or options.get("threshold") is not None else "")
+    return method
+
+
+def method_rank(label: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(label), "") if label in METHOD_ORDER else (len(METHOD_ORDER), label)

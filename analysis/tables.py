@@ -1,0 +1,181 @@
+"""Per paper table: our value beside the paper's, the difference and a pass/fail verdict.
+
+Writes ``<experiment>.md``, ``<experiment>.tex`` and ``<experiment>.csv`` per table of
+``catalog.PAPER_TABLES`` plus an ``index.md``:
+
+    python -m analysis.tables --results results/runs --out results/tables [--experiment NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .catalog import BY_EXPERIMENT, PAPER_TABLES, PaperTable
+from .compare import DEFAULT_BANDS, RATIOS, Bands, compare
+from .reported import REPORTED_DIR, load_reported
+from .store import load_runs, load_samples
+
+VERDICTS = ("pass", "fail", "missing", "ours only", "info", "OOM")
+DEFINITIONS = {
+    "all_positions": "every generated position, EOS included",
+    "answer": "answer tokens after the stop strings, minus EOS",
+    "non_eos": "generated tokens that are not EOS",
+    "before_eos": "positions before the first EOS",
+}
+HEADER = ["task", "method", "setting", "metric", "paper", "ours", "difference", "verdict"]
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_value(value: object, metric: str) -> str:
+    if _missing(value):
+        return "—"
+    return f"{value:.2f}×" if metric in ("speedup", "memory_ratio") else f"{value:.2f}"
+
+
+def fmt_difference(value: object, metric: str) -> str:
+    if _missing(value):
+        return ""
+    if metric == "accuracy":
+        return f"{value:+.2f} pt"
+    if metric in RATIOS:
+        return f"{value:+.0%}"
+    return f"{value:.2f}× paper"
+
+
+def display_rows(frame: pd.DataFrame) -> list[list[str]]:
+    return [
+        [
+            r["task"],
+            r["method"],
+            r["setting"] or "",
+            f"{r['metric']} ({r['unit']})",
+            fmt_value(r["paper"], r["metric"]),
+            fmt_value(r["ours"], r["metric"]),
+            fmt_difference(r["difference"], r["metric"]),
+            r["verdict"],
+        ]
+        for _, r in frame.iterrows()
+    ]
+
+
+def verdict_counts(frame: pd.DataFrame) -> str:
+    counts = frame["verdict"].value_counts()
+    return ", ".join(f"{v}: {int(counts[v])}" for v in VERDICTS if v in counts)
+
+
+def _definitions_used(frame: pd.DataFrame) -> list[str]:
+    used = sorted({d for d in frame["throughput_definition"] if d})
+    return [f"`{d}` ({DEFINITIONS.get(d, d)})" for d in used]
+
+
+def markdown(frame: pd.DataFrame, table: PaperTable, runs: int, bands: Bands, banner: str | None) -> str:
+    lines = [f"# {table.title}", ""]
+    if banner:
+        lines += [f"> **{banner}**", ""]
+    lines += [
+        f"Experiment `{table.experiment}` · {runs} run(s) · {verdict_counts(frame)}",
+        "",
+        bands.describe(),
+        "",
+        "Throughput = tokens / synchronized generation time, counting " + "; ".join(_definitions_used(frame)) + ".",
+        "",
+    ]
+    for (paper_table, model), part in frame.groupby(["table", "model"], sort=False):
+        lines += [f"## Table {paper_table} · {model}", "", "| " + " | ".join(HEADER) + " |",
+                  "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in display_rows(part)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "×": r"$\times$", "—": "--"}
+
+
+def _tex(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(char, char) for char in text)
+
+
+def latex(frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | None) -> str:
+    """A ``longtable`` per (paper table, model); needs ``booktabs`` and ``longtable``."""
+    out = [f"% {table.title} (experiment {table.experiment}); {bands.describe()}"]
+    if banner:
+        out.append(f"% {banner}")
+    for (paper_table, model), part in frame.groupby(["table", "model"], sort=False):
+        caption = f"{table.title}: table {paper_table}, {model}. Ours beside the paper's. {bands.describe()}"
+        if banner:
+            caption = f"{banner}. {caption}"
+        out += [
+            r"\begin{longtable}{lllllrrll}",
+            rf"\caption{{{_tex(caption)}}}\\",
+            r"\toprule",
+            " & ".join(_tex(h) for h in HEADER) + r" \\",
+            r"\midrule",
+            r"\endhead",
+        ]
+        out += [" & ".join(_tex(cell) for cell in row) + r" \\" for row in display_rows(part)]
+        out += [r"\bottomrule", r"\end{longtable}", ""]
+    return "\n".join(out)
+
+
+def write_tables(
+    results: Path,
+    out: Path,
+    experiments: list[str] | None = None,
+    bands: Bands = DEFAULT_BANDS,
+    banner: str | None = None,
+    reported_dir: Path = REPORTED_DIR,
+) -> list[Path]:
+    """Every requested paper table under ``out``; returns the Markdown paths."""
+    reported = load_reported(reported_dir)
+    runs = load_runs(results)
+    samples = load_samples(results)
+    out.mkdir(parents=True, exist_ok=True)
+    written, index = [], [f"# Paper tables: ours beside the papers' ({results})", ""]
+    if banner:
+        index += [f"> **{banner}**", ""]
+    index += ["| table | runs | verdicts |", "|---|---|---|"]
+    for table in _select(experiments):
+        frame = compare(reported, runs, table, samples, bands)
+        count = int((runs["experiment"] == table.experiment).sum()) if not runs.empty else 0
+        (out / f"{table.experiment}.md").write_text(markdown(frame, table, count, bands, banner))
+        (out / f"{table.experiment}.tex").write_text(latex(frame, table, bands, banner))
+        frame.to_csv(out / f"{table.experiment}.csv", index=False)
+        written.append(out / f"{table.experiment}.md")
+        index.append(f"| [{table.title}]({table.experiment}.md) | {count} | {verdict_counts(frame)} |")
+    (out / "index.md").write_text("\n".join(index) + "\n")
+    return written
+
+
+def _select(experiments: list[str] | None) -> list[PaperTable]:
+    if not experiments:
+        return list(PAPER_TABLES)
+    unknown = [e for e in experiments if e not in BY_EXPERIMENT]
+    if unknown:
+        raise ValueError(f"unknown paper table(s) {unknown}; known: {sorted(BY_EXPERIMENT)}")
+    return [BY_EXPERIMENT[e] for e in experiments]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("results/runs"), help="results store root")
+    parser.add_argument("--out", type=Path, default=Path("results/tables"))
+    parser.add_argument("--experiment", action="append", help="one paper table (repeatable); default: all")
+    parser.add_argument("--accuracy-band", type=float, default=Bands.accuracy_points, help="points")
+    parser.add_argument("--ratio-band", type=float, default=Bands.ratio_relative, help="relative, 0.2 = 20%%")
+    parser.add_argument("--banner", help="a line printed on top of every table (e.g. smoke output)")
+    args = parser.parse_args(argv)
+    bands = Bands(args.accuracy_band, args.ratio_band)
+    for path in write_tables(args.results, args.out, args.experiment, bands, args.banner):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

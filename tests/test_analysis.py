@@ -1,0 +1,192 @@
+"""Tables and figures on a small synthetic results store written with the runner's own RunStore."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.catalog import BY_EXPERIMENT, method_label
+from analysis.compare import Bands, compare
+from analysis.figures import pareto_front, write_figures
+from analysis.reported import load_reported
+from analysis.store import load_runs, load_samples
+from analysis.tables import write_tables
+from dllm_accel.measure import summarize
+from dllm_accel.results import RunStore, run_directory
+
+GIB = 1024**3
+
+
+def sample(doc_id: int, score: float, wall_s: float, gen: int, answer: int, *, first: bool = False, peak: float | None = None,
+           stats: dict | None = None, **fields) -> dict:
+    return {
+        "key": f"t/{doc_id}/0",
+        "task": "t",
+        "doc_id": doc_id,
+        "repeat": 0,
+        "prompt_hash": f"h{doc_id}",
+        "status": "ok",
+        "process": 0,
+        "batch_id": doc_id,
+        "timing": {"batch_id": doc_id, "first_call": first, "wall_s": wall_s,
+                   "peak_allocated_bytes": None if peak is None else int(peak * GIB),
+                   "peak_reserved_bytes": None if peak is None else int(peak * GIB)},
+        "nfe": gen,
+        "tokens": {"all_positions": gen, "non_eos": answer + 10, "answer": answer, "before_eos": answer + 5},
+        "method_stats": stats or {},
+        "scores": {"exact_match": score},
+        **fields,
+    }
+
+
+def write_run(root, experiment, model, method, task, records, options=None, sampler=None, shots=5):
+    config = {
+        "experiment_name": experiment,
+        "model": {"name": model, "rope_scaling": 1.0},
+        "method": {"name": method, "options": options or {}, "sampler": {}},
+        "task": {"name": task, "num_fewshot": shots, "sampler": sampler or {"gen_length": 256, "steps": 256}},
+        "sampler": {},
+        "seed": 1234,
+        "batch_size": 1,
+    }
+    store = RunStore(run_directory(root, config))
+    store.write_config(yaml.safe_dump(config))
+    for record in records:
+        store.append(record)
+    store.write_summary(summarize(records) | {"environment": {"device": "cpu", "gpu": None}})
+    return store.dir
+
+
+def table1_runs(root, accuracy: tuple[float, float], times: tuple[float, float]) -> None:
+    """Vanilla and prefix-cache Fast-dLLM on GSM8K (gen 256); each doc scores ``accuracy`` on average."""
+    for method, options, acc, wall in (("vanilla", {}, accuracy[0], times[0]),
+                                       ("fast_dllm", {"mode": "prefix"}, accuracy[1], times[1])):
+        right = round(acc / 10)  # doc 0 is the warm-up batch: scored, but excluded from throughput
+        records = [sample(i, float(i < right), 100.0 if i == 0 else wall, 256, 100, first=i == 0) for i in range(10)]
+        write_run(root, "fast_dllm_table1", "llada_8b_instruct", method, "gsm8k", records, options)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("runs"))
+
+
+def build_store(root):
+    """Fast-dLLM Table 1 runs, a new method, a length/depth sweep and per-layer recompute statistics."""
+    table1_runs(root, accuracy=(80.0, 70.0), times=(10.0, 3.2))
+    write_run(root, "fast_dllm_table1", "llada_8b_instruct", "my_method", "gsm8k",
+              [sample(i, 1.0, 1.0, 256, 100) for i in range(3)])
+    for method, speed, memory in (("vanilla", 1.0, 16.0), ("sparse_dllm", 4.0, 16.5)):
+        records = [
+            sample(10 * i + j, float(j != 1 or method == "vanilla"), length / 1024 / speed, 256, 50, peak=memory + length / 4096,
+                   target_len=length, depth=depth)
+            for i, length in enumerate((1024, 2048)) for j, depth in enumerate((0.0, 0.5, 1.0))
+        ]
+        write_run(root, "sparse_dllm_fig5", "llada_8b_instruct", method, "passkey", records,
+                  sampler={"gen_length": 256, "steps": 256, "block_length": 32})
+    layers = {f"recompute_fraction_layer_{i}": 0.2 + 0.1 * i for i in range(4)}
+    write_run(root, "dllm_cache_speedups", "llada_8b_instruct", "dllm_cache", "gsm8k",
+              [sample(i, 1.0, 1.0, 256, 100, stats=layers | {"recompute_fraction": 0.35}) for i in range(2)])
+    return root
+
+
+def test_runs_are_read_with_labels_and_every_throughput(store):
+    runs = load_runs(store).set_index(["experiment", "label", "task"])
+    assert len(runs) == 6
+    vanilla = runs.loc[("fast_dllm_table1", "vanilla", "gsm8k")]
+    assert vanilla["accuracy"] == pytest.approx(80.0)
+    assert vanilla["throughput_answer"] == pytest.approx(100 / 10.0)  # warm batches only
+    assert vanilla["throughput_all_positions"] == pytest.approx(256 / 10.0)
+    assert vanilla["tokens_per_step"] == 1.0 and vanilla["shots"] == 5
+    assert runs.loc[("fast_dllm_table1", "fast_dllm_prefix", "gsm8k"), "opt_mode"] == "prefix"
+    assert runs.loc[("dllm_cache_speedups", "dllm_cache", "gsm8k"), "stat_recompute_fraction_layer_3"] == pytest.approx(0.5)
+    assert runs.loc[("sparse_dllm_fig5", "sparse_dllm", "passkey"), "peak_memory_gib"] > 16.5
+
+
+def test_method_labels_follow_the_settings_not_the_file_name():
+    assert method_label("vanilla", {}, {}) == "vanilla"
+    assert method_label("vanilla", {}, {"threshold": 0.9}) == "fast_dllm_parallel"
+    assert method_label("fast_dllm", {"mode": "dual"}, {"threshold": 0.9}) == "fast_dllm_dual_parallel"
+    assert method_label("fast_dllm", {"mode": "prefix"}, {}) == "fast_dllm_prefix"
+    assert method_label("my_method", {}, {}) == "my_method"
+
+
+def test_comparison_verdicts_missing_rows_and_new_methods(store):
+    table = compare(load_reported(), load_runs(store), BY_EXPERIMENT["fast_dllm_table1"])
+    cell = table.set_index(["task", "method", "setting", "metric"])
+    vanilla = cell.loc[("gsm8k", "vanilla", "gen_length=256", "accuracy")]
+    assert (vanilla["paper"], vanilla["ours"], vanilla["verdict"]) == (79.3, pytest.approx(80.0), "pass")
+    assert vanilla["difference"] == pytest.approx(0.7)
+    prefix = cell.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "accuracy")]
+    assert prefix["verdict"] == "fail" and prefix["difference"] == pytest.approx(70.0 - 79.5)
+    speedup = cell.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "speedup")]
+    assert speedup["ours"] == pytest.approx(10.0 / 3.2) and speedup["verdict"] == "pass"  # 3.125 vs 3.2
+    throughput = cell.loc[("gsm8k", "vanilla", "gen_length=256", "throughput")]
+    assert throughput["verdict"] == "info" and throughput["difference"] == pytest.approx(10.0 / 6.7)
+    missing = cell.loc[("gsm8k", "fast_dllm_parallel", "gen_length=256", "accuracy")]
+    assert missing["verdict"] == "missing" and pd.isna(missing["ours"])
+    assert cell.loc[("math", "vanilla", "gen_length=512", "accuracy"), "verdict"] == "missing"
+    mine = table[table["method"] == "my_method"]
+    assert set(mine["verdict"]) == {"ours only"} and set(mine["metric"]) == {"accuracy", "throughput", "speedup"}
+    assert mine.set_index("metric").loc["speedup", "ours"] == pytest.approx(100 / 10.0)
+    looser = compare(load_reported(), load_runs(store), BY_EXPERIMENT["fast_dllm_table1"], bands=Bands(10.0, 0.01))
+    looser = looser.set_index(["task", "method", "setting", "metric"])
+    assert looser.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "accuracy"), "verdict"] == "pass"
+    assert looser.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "speedup"), "verdict"] == "fail"
+
+
+def test_length_table_measures_each_context_length(store):
+    table = compare(load_reported(), load_runs(store), BY_EXPERIMENT["sparse_dllm_fig5"], load_samples(store))
+    cell = table.set_index(["model", "method", "setting", "metric"])
+    sparse = cell.loc[("llada_8b_instruct", "sparse_dllm", "seq_len=2048", "throughput")]
+    assert sparse["ours"] == pytest.approx(3 * 256 / (3 * 2048 / 1024 / 4.0))
+    assert sparse["paper"] == 22.4
+    assert cell.loc[("llada_8b_instruct", "sparse_dllm", "seq_len=8192", "throughput"), "verdict"] == "missing"
+    oom = cell.loc[("llada_8b_instruct", "fast_dllm", "seq_len=8192", "throughput")]
+    assert oom["verdict"] == "OOM"
+
+
+def test_tables_are_written_as_markdown_latex_and_csv(store, tmp_path):
+    banner = "SMOKE OUTPUT: tiny random-weight models"
+    written = write_tables(store, tmp_path, ["fast_dllm_table1", "dyllm_table"], banner=banner)
+    assert [p.name for p in written] == ["fast_dllm_table1.md", "dyllm_table.md"]
+    text = (tmp_path / "fast_dllm_table1.md").read_text()
+    assert banner in text and "| gsm8k | vanilla | gen_length=256 | accuracy (%) | 79.30 | 80.00 | +0.70 pt | pass |" in text
+    assert "| gsm8k | fast_dllm_parallel | gen_length=256 | accuracy (%) | 79.20 | — |  | missing |" in text
+    dyllm = pd.read_csv(tmp_path / "dyllm_table.csv")
+    assert set(dyllm["verdict"]) == {"missing"} and dyllm["ours"].isna().all()  # no DyLLM runs: nothing filled in
+    tex = (tmp_path / "fast_dllm_table1.tex").read_text()
+    assert r"\begin{longtable}" in tex and r"fast\_dllm\_prefix" in tex and "79.30" in tex
+    assert pd.read_csv(tmp_path / "fast_dllm_table1.csv")["verdict"].isin(["pass", "fail", "missing", "info", "ours only"]).all()
+    assert "fast_dllm_table1.md" in (tmp_path / "index.md").read_text()
+    with pytest.raises(ValueError, match="unknown paper table.*no_such_table"):
+        write_tables(store, tmp_path, ["no_such_table"])
+
+
+def test_figures_are_written_as_png_and_pdf(store, tmp_path):
+    paths = write_figures(store, tmp_path, banner="SMOKE OUTPUT")
+    names = {p.name for p in paths}
+    for stem in ("pareto_llada_8b_instruct_gsm8k", "length_llada_8b_instruct", "longctx_llada_8b_instruct_passkey",
+                 "recompute_llada_8b_instruct"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
+    assert all(p.stat().st_size > 5_000 for p in paths)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = pd.DataFrame({"x": [1, 2, 3, 4, 2.5], "y": [90, 85, 88, 70, 60]})
+    front = pareto_front(points, "x", "y")
+    assert front[["x", "y"]].values.tolist() == [[1, 90], [3, 88], [4, 70]]
+
+
+def test_an_interrupted_run_is_listed_without_numbers(tmp_path):
+    config = {"experiment_name": "dyllm_table", "model": {"name": "m"}, "method": {"name": "dyllm", "options": {}},
+              "task": {"name": "gsm8k"}}
+    store = RunStore(run_directory(tmp_path, config))
+    store.write_config(yaml.safe_dump(config))
+    runs = load_runs(tmp_path)
+    assert runs.loc[0, "complete"] is False or not runs.loc[0, "complete"]
+    assert pd.isna(runs.loc[0, "accuracy"]) and runs.loc[0, "samples"] == 0
+    assert json.loads(json.dumps(runs.loc[0, "label"])) == "dyllm"
