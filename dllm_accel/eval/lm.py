@@ -1,0 +1,289 @@
+"""``DiffusionLM``: any model x method behind lm-eval's ``LM`` interface, timed by one meter.
+
+Each request is rendered with the paper's prompt convention, generated in left-padded
+batches, cut as the paper cut its answers, and appended to the results store as soon as its
+batch finishes. A request whose exact rendered prompt is already in the store is answered
+from it, which is how an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from lm_eval.api.model import LM
+from tqdm import tqdm
+
+from ..api import generate
+from ..generation.settings import SamplerSettings
+from ..measure import Meter, token_counts
+from ..methods import build_method
+from ..results import RunStore, prompt_hash, sample_key
+from .prompting import DecodeFormat, PromptFormat, encode, finish, render_prompt
+
+
+class GenerationTimeout(Exception):
+    """A generate call ran past ``measure.generation_timeout_s``."""
+
+
+@contextmanager
+def _deadline(seconds: float | None):
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expire(signum, frame):
+        raise GenerationTimeout(f"generation exceeded {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class _Pending:
+    """A request still to generate, with its rendered prompt and store key."""
+
+    index: int
+    request: Any
+    text: str
+    hashed: str
+    key: str
+    until: list[str]
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class DiffusionLM(LM):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        method: str,
+        options: dict[str, Any] | None = None,
+        sampler: dict[str, Any] | None = None,
+        prompt: PromptFormat | None = None,
+        decode: DecodeFormat | None = None,
+        batch_size: int = 1,
+        store: RunStore | None = None,
+        meter: Meter | None = None,
+        seed: int = 1234,
+        generation_timeout_s: float | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.model, self.tokenizer = model, tokenizer
+        self.method, self.options = method, dict(options or {})
+        build_method(method, **self.options)  # reject unknown names and options before any request
+        self.settings = SamplerSettings(**(sampler or {}))
+        self.prompt, self.decode = prompt or PromptFormat(), decode or DecodeFormat()
+        self.batch_size, self.store, self.seed = batch_size, store, seed
+        self.meter = meter or Meter(model.device)
+        self.timeout_s = generation_timeout_s
+        self.progress = progress
+        self.process_id = f"{os.getpid()}-{time.time_ns()}"
+        self._device = model.device
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._rank, self._world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            self._rank, self._world_size = 0, 1
+
+    # ------------------------------------------------------------------ lm-eval plumbing
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._world_size == 1:
+            return tensor.unsqueeze(0)
+        out = [torch.zeros_like(tensor) for _ in range(self._world_size)]
+        torch.distributed.all_gather(out, tensor)
+        return torch.stack(out)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self._world_size == 1:
+            return [obj]
+        gathered = [None] * self._world_size if self._rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            torch.distributed.barrier()
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "tokenizer")).replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            chat_history, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("diffusion LMs are evaluated on generative tasks only (generate_until)")
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError("diffusion LMs are evaluated on generative tasks only (generate_until)")
+
+    def get_model_info(self) -> dict:
+        return {
+            "method": self.method,
+            "method_options": self.options,
+            "sampler": {k: v for k, v in asdict(self.settings).items() if v is not None},
+            "batch_size": self.batch_size,
+            "prompt": asdict(self.prompt),
+            "decode": asdict(self.decode),
+        }
+
+    # ------------------------------------------------------------------ generation
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        answers: list[str | None] = [None] * len(requests)
+        pending = []
+        for i, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            text = render_prompt(context, self.tokenizer, self.prompt, request.doc.get("task_id"))
+            key = sample_key(request.task_name, request.doc_id, request.idx)
+            hashed = prompt_hash(text)
+            done = self.store.finished(key, hashed) if self.store is not None else None
+            if done is not None:
+                answers[i] = done["completion"]
+                continue
+            until = gen_kwargs.get("until") or []
+            pending.append(_Pending(i, request, text, hashed, key, [until] if isinstance(until, str) else list(until)))
+        bar = tqdm(total=len(pending), desc=f"{self.method} generate", disable=disable_tqdm or not self.progress)
+        tokens, seconds = 0, 0.0
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            for item, record in zip(batch, self._generate_batch(batch), strict=True):
+                answers[item.index] = record["completion"]
+                if record["status"] == "ok":
+                    tokens += record["tokens"]["all_positions"]
+            seconds = self.meter.generate_s
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{tokens / seconds:.1f}" if seconds else "-")
+        bar.close()
+        return [a if a is not None else "" for a in answers]
+
+    def _generate_batch(self, batch: list[_Pending]) -> list[dict]:
+        gen_length = self.settings.gen_length or self.settings.max_new_tokens
+        records: list[dict | None] = [None] * len(batch)
+        runnable = []
+        for j, item in enumerate(batch):
+            ids = encode(self.tokenizer, item.text)
+            problem = self._check_prompt(ids, gen_length)
+            if problem is not None:
+                records[j] = self._record(item, "error", error=problem, prompt_tokens=len(ids))
+            else:
+                runnable.append((j, ids))
+        if runnable:
+            self._run(batch, runnable, records)
+        for record in records:
+            if self.store is not None:
+                self.store.append(record)
+        return records
+
+    def _check_prompt(self, ids: list[int], gen_length: int | None) -> str | None:
+        spec = self.model.spec
+        if gen_length is not None and len(ids) + gen_length > spec.max_seq_len:
+            return (
+                f"prompt_too_long: {len(ids)} prompt + {gen_length} generated tokens exceed the model's context "
+                f"of {spec.max_seq_len}"
+            )
+        bad = [t for t in ids if t >= spec.vocab_size or t < 0]
+        if bad:
+            return f"token id {bad[0]} is outside the model's vocabulary of {spec.vocab_size} (tokenizer and model disagree)"
+        return None
+
+    def _run(self, batch: list[_Pending], runnable: list[tuple[int, list[int]]], records: list) -> None:
+        spec = self.model.spec
+        width = max(len(ids) for _, ids in runnable)
+        input_ids = torch.full((len(runnable), width), spec.tokens.pad, dtype=torch.long)
+        mask = torch.zeros((len(runnable), width), dtype=torch.long)
+        for row, (_, ids) in enumerate(runnable):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        first = batch[runnable[0][0]].request
+        torch.manual_seed(self._batch_seed(first.task_name, first.doc_id))
+        strategy = build_method(self.method, **self.options)
+        status, error, output = "ok", None, None
+        with self.meter.time() as timing:
+            try:
+                with _deadline(self.timeout_s):
+                    output = generate(
+                        self.model,
+                        input_ids.to(self.model.device),
+                        mask.to(self.model.device) if len(runnable) > 1 else None,
+                        method=strategy,
+                        **{k: v for k, v in asdict(self.settings).items() if v is not None},
+                    )
+            except GenerationTimeout as err:
+                status, error = "timeout", str(err)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+                if not _is_oom(err):
+                    raise
+                status, error = "oom", str(err).splitlines()[0]
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        for row, (j, ids) in enumerate(runnable):
+            item = batch[j]
+            if output is None:
+                records[j] = self._record(item, status, error=error, prompt_tokens=len(ids))
+                continue
+            generated = output.sequences[row, width:].tolist()
+            answer, answer_ids = finish(
+                generated, self.tokenizer, self.decode, item.until, spec.tokens.eos, spec.tokens.eot
+            )
+            records[j] = self._record(
+                item,
+                "ok",
+                prompt_tokens=len(ids),
+                completion=answer,
+                generated_ids=generated,
+                tokens=token_counts(generated, answer_ids, spec.tokens.eos, spec.tokens.eot),
+                nfe=output.nfe,
+                timing=asdict(timing) | {"batch_size": len(runnable)},
+                method_stats=output.stats,
+            )
+
+    def _batch_seed(self, task: str, doc_id: int) -> int:
+        """A seed from (run seed, first document), so a resumed run draws what a fresh one would."""
+        digest = hashlib.sha256(f"{self.seed}:{task}:{doc_id}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def _record(self, item: _Pending, status: str, **fields: Any) -> dict:
+        base = {
+            "key": item.key,
+            "task": item.request.task_name,
+            "doc_id": item.request.doc_id,
+            "repeat": item.request.idx,
+            "status": status,
+            "prompt_hash": item.hashed,
+            "prompt_text": item.text,
+            "completion": "",
+            "process": self.process_id,
+        }
+        return base | fields

@@ -1,0 +1,341 @@
+"""``python -m dllm_accel.run``: compose model x method x task, evaluate, measure, record, mirror.
+
+Examples::
+
+    python -m dllm_accel.run model=llada_8b_instruct method=vanilla task=gsm8k
+    python -m dllm_accel.run -m method=vanilla task=gsm8k,humaneval batch_size=1,4
+    python -m dllm_accel.run experiment=demo_tiny
+
+Every sweep point runs in its own results directory; between points in one process the
+model is freed, peak-memory statistics reset and the W&B run finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .eval.byte_tokenizer import ByteTokenizer
+from .eval.code_tasks import configure_execution
+from .eval.data import check_data, default_data_dir, materialize_tasks
+from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
+from .eval.schema import register
+from .generation.settings import SamplerSettings
+from .measure import Meter, environment, summarize
+from .methods import available_methods, build_method
+from .models import load_model, load_spec, load_tokenizer
+from .paths import shared_dir
+from .results import RunStore, config_hash, run_directory, sample_key
+from .tracking import Tracker, resolve_mode
+
+log = logging.getLogger("dllm_accel.run")
+LONG_CONTEXT_TASKS = (
+    "passkey",
+    "niah_single",
+    "niah_multikey",
+    "niah_multivalue",
+    "niah_multiquery",
+    "variable_tracking",
+)
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dllm_shared"):
+        OmegaConf.register_new_resolver("dllm_shared", lambda relative="": str(shared_dir() / relative))
+
+
+register()
+_register_resolvers()
+
+
+# ------------------------------------------------------------------ settings
+def sampler_settings(config: dict) -> dict:
+    """Task defaults, then the method's overrides, then the run's (experiment or command line)."""
+    merged: dict = {}
+    for layer in (config["task"].get("sampler"), config["method"].get("sampler"), config.get("sampler")):
+        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return merged
+
+
+def validate(config: dict) -> None:
+    """Reject bad names and values before any weight is read, naming what is accepted."""
+    name = config["method"]["name"]
+    if name not in available_methods():
+        raise ValueError(f"unknown method {name!r} (accepted: {', '.join(available_methods())})")
+    build_method(name, **(config["method"].get("options") or {}))
+    resolve_style(config["prompt"]["style"], config["model"]["instruct"])
+    resolve_mode(config["tracking"])
+    if config["batch_size"] < 1:
+        raise ValueError(f"batch_size={config['batch_size']} must be >= 1")
+    spec, _, _ = load_spec(config["model"]["path"])
+    SamplerSettings(**sampler_settings(config)).resolve(spec, prompt_length=0)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def scale_rope_theta(model, factor: float) -> None:
+    """LongLLaDA / Sparse-dLLM ``scaling_factor``: RoPE theta times ``factor`` (NTK-style extrapolation)."""
+    if factor <= 0:
+        raise ValueError(f"model.rope_scaling={factor} must be > 0")
+    if factor == 1.0:
+        return
+    spec = dataclasses.replace(model.spec, rope_theta=model.spec.rope_theta * factor)
+    model.spec = spec
+    for block in model.blocks:
+        block.spec = spec
+
+
+def build_tokenizer(model_cfg: dict, spec):
+    choice = model_cfg.get("tokenizer")
+    if choice == "byte":
+        return ByteTokenizer(spec)
+    return load_tokenizer(choice or model_cfg["path"])
+
+
+def _init_distributed() -> None:
+    if "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SUBMITIT_NTASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+# ------------------------------------------------------------------ the run
+def evaluate(cfg: DictConfig) -> dict | None:
+    """One sweep point: returns its summary (None on ranks other than 0)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    validate(config)
+    run_dir = run_directory(config["results_root"], config)
+    store = RunStore(run_dir)
+    previous = store.read_summary()
+    if previous and previous.get("complete") and previous.get("limit") == config["task"]["limit"]:
+        log.info("already complete: %s", run_dir)
+        _print_summary(previous, config)
+        return previous
+    store.write_config(OmegaConf.to_yaml(OmegaConf.create(config)))
+    _init_distributed()
+    torch.manual_seed(config["seed"])
+    if config["cpu_threads"]:
+        torch.set_num_threads(config["cpu_threads"])
+    configure_execution(config["code_workers"], config["code_timeout_s"])
+    device = _device(config["model"]["device"])
+    model_cfg = config["model"]
+    model = load_model(
+        model_cfg["path"], dtype=model_cfg["dtype"], device=device, random_weights=model_cfg["random_weights"]
+    )
+    tracker = lm = None
+    try:
+        scale_rope_theta(model, model_cfg["rope_scaling"])
+        tokenizer = build_tokenizer(model_cfg, model.spec)
+        prompt = PromptFormat(
+            style=resolve_style(config["prompt"]["style"], model_cfg["instruct"]),
+            add_bos=config["prompt"]["add_bos"],
+            system=config["prompt"]["system"],
+            raw_for_humaneval=config["prompt"]["raw_for_humaneval"],
+        )
+        decode_cfg = config["decode"]
+        decode = DecodeFormat(**{**decode_cfg, "extra_until": tuple(decode_cfg["extra_until"])})
+        tasks_dir = _prepare_tasks(config, run_dir, tokenizer, prompt)
+        tracker = Tracker(
+            config["tracking"],
+            config["wandb_project"],
+            run_dir,
+            name=f"{model_cfg['name']}/{config['method']['name']}/{config['task']['name']}",
+            config=config,
+            group=config["experiment_name"],
+        )
+        meter = Meter(model.device)
+        from .eval.lm import DiffusionLM
+
+        lm = DiffusionLM(
+            model,
+            tokenizer,
+            config["method"]["name"],
+            options=config["method"].get("options"),
+            sampler=sampler_settings(config),
+            prompt=prompt,
+            decode=decode,
+            batch_size=config["batch_size"],
+            store=store,
+            meter=meter,
+            seed=config["seed"],
+            generation_timeout_s=config["measure"]["generation_timeout_s"],
+        )
+        results = _simple_evaluate(lm, config, tasks_dir, prompt)
+        if results is None:
+            return None
+        summary = _summarize(results, config, store, run_dir, meter, model)
+        tracker.log_summary(_flatten(summary))
+        tracker.log_samples(list(store.records.values()))
+        _print_summary(summary, config)
+        return summary
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        model = lm = None
+        _free_memory()
+
+
+def _prepare_tasks(config: dict, run_dir: Path, tokenizer, prompt: PromptFormat) -> Path:
+    task = config["task"]
+    data_dir = Path(config["data_dir"]) if config["data_dir"] else default_data_dir()
+    check_data(task["lm_eval_task"], data_dir)
+    tasks_dir = materialize_tasks(run_dir / "lm_eval_tasks", data_dir)
+    kind = task["lm_eval_task"].removeprefix("dllm_")
+    if kind in LONG_CONTEXT_TASKS:
+        from .eval import longctx
+
+        gen_length = SamplerSettings(**sampler_settings(config))
+        samples = longctx.build_samples(
+            kind,
+            task["lengths"],
+            task["depths"],
+            task["samples_per_cell"],
+            config["seed"],
+            units=longctx.haystack_units(task["haystack"], data_dir),
+            count_tokens=lambda text: len(encode(tokenizer, render_prompt(text, tokenizer, prompt))),
+            gen_length=gen_length.gen_length or gen_length.max_new_tokens,
+        )
+        longctx.write_samples(tasks_dir / f"{kind}.jsonl", samples)
+    return tasks_dir
+
+
+def _simple_evaluate(lm, config: dict, tasks_dir: Path, prompt: PromptFormat) -> dict | None:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    multiturn = prompt.style == "multiturn"
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[config["task"]["lm_eval_task"]],
+        num_fewshot=config["task"]["num_fewshot"],
+        limit=config["task"]["limit"],
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        apply_chat_template=multiturn,
+        fewshot_as_multiturn=multiturn,
+        system_instruction=prompt.system if multiturn else None,
+        bootstrap_iters=0,
+        log_samples=True,
+        confirm_run_unsafe_code=True,
+    )
+
+
+def _scores(results: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Per-sample scores and document metadata from lm-eval's logged samples."""
+    scores: dict[str, dict] = {}
+    meta: dict[str, dict] = {}
+    for task, entries in results.get("samples", {}).items():
+        for entry in entries:
+            key = sample_key(task, entry["doc_id"], 0)
+            for metric in entry.get("metrics", []):
+                scores.setdefault(key, {})[f"{metric},{entry['filter']}"] = entry.get(metric)
+            doc = entry.get("doc", {})
+            meta[key] = {k: doc[k] for k in ("target_len", "depth", "prompt_tokens", "task_id") if k in doc}
+    return scores, meta
+
+
+def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, meter: Meter, model) -> dict:
+    scores, meta = _scores(results)
+    records = store.finalize(scores)
+    current = [r for r in records if r["key"] in scores]
+    for record in current:
+        record["doc_meta"] = meta.get(record["key"], {})
+    name = config["task"]["lm_eval_task"]
+    metrics = {
+        k: v for k, v in results["results"].get(name, {}).items() if isinstance(v, (int, float)) and "stderr" not in k
+    }
+    primary = config["task"].get("primary_metric")
+    expected = sum(n["effective"] for n in results.get("n-samples", {}).values())
+    summary = {
+        "complete": len(current) == expected and all(r["status"] in ("ok", "error", "oom", "timeout") for r in current),
+        "run_dir": str(run_dir),
+        "config_hash": config_hash(config),
+        "model": config["model"]["name"],
+        "method": config["method"]["name"],
+        "task": config["task"]["name"],
+        "limit": config["task"]["limit"],
+        "n_samples": len(current),
+        "accuracy": {"metric": primary, "value": metrics.get(primary)},
+        "metrics": metrics,
+        "subtask_metrics": {
+            task: {k: v for k, v in values.items() if isinstance(v, (int, float)) and "stderr" not in k}
+            for task, values in results["results"].items()
+            if task != name
+        },
+        "n_shot": results.get("n-shot"),
+        "measurement": summarize(current),
+        "by_length_depth": _by_length_depth(current),
+        "environment": environment(model.device, model.dtype),
+        "overhead": meter.overhead(),
+    }
+    store.write_summary(summary)
+    return summary
+
+
+def _by_length_depth(records: list[dict]) -> dict:
+    cells: dict[str, list[float]] = {}
+    for r in records:
+        meta = r.get("doc_meta") or {}
+        if "target_len" in meta and r.get("scores"):
+            value = next(iter(r["scores"].values()))
+            cells.setdefault(f"{meta['target_len']}@{meta['depth']}", []).append(float(value))
+    return {cell: sum(v) / len(v) for cell, v in sorted(cells.items())}
+
+
+def _flatten(summary: dict, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
+
+
+def _print_summary(summary: dict, config: dict) -> None:
+    if not config.get("print_summary", True):
+        return
+    measurement = summary["measurement"]["all"]
+    memory = summary["measurement"]["peak_memory_gib"]
+
+    def fmt(value, spec=".3f"):
+        return "-" if value is None else format(value, spec)
+
+    header = f"{'model':<20} {'method':<14} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'NFE/tok':>8} {'peak GiB':>9}"
+    row = (
+        f"{summary['model']:<20} {summary['method']:<14} {summary['task']:<18} "
+        f"{fmt(summary['accuracy']['value']):>9} {fmt(measurement['tokens_per_s']['all_positions'], '.2f'):>9} "
+        f"{fmt(measurement['nfe_per_token']):>8} {fmt(memory['max'], '.2f'):>9}"
+    )
+    print(f"{header}\n{row}\nresults: {summary['run_dir']}", flush=True)
+
+
+def _free_memory() -> None:
+    """Between sweep points in one process: collect the dropped model, reset the memory statistics."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    summary = evaluate(cfg)
+    return None if summary is None else summary["accuracy"]["value"]
+
+
+if __name__ == "__main__":
+    main()
