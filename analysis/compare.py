@@ -109,13 +109,13 @@ def _baseline(points: pd.DataFrame, row: pd.Series) -> pd.DataFrame | None:
     return None if same.empty else same
 
 
-def our_value(points: pd.DataFrame, row: pd.Series, metric: str, definition: str) -> float | None:
-    """Our number for one reported cell; None when we have no run for it."""
+def our_value(points: pd.DataFrame, row: pd.Series, metric: str, definition: str, label: str | None = None) -> float | None:
+    """Our number for one reported cell (our ``label`` for the paper's method); None without a run."""
     if points.empty:
         return None
     match = points[
         (points["model"] == row["model"])
-        & (points["label"] == row["method"])
+        & (points["label"] == (label or row["method"]))
         & _same_task(points, row["task"])
         & (points["setting"] == row["setting"])
     ]
@@ -202,7 +202,7 @@ def compare(
             {
                 **{k: row[k] for k in ("table", "model", "task", "method", "setting", "metric", "unit", "note")},
                 "paper": _number(row["value"]),
-                "ours": our_value(points, row, row["metric"], row["throughput_definition"]),
+                "ours": our_value(points, row, row["metric"], row["throughput_definition"], table.our_label(row["method"])),
                 "throughput_definition": row["throughput_definition"],
             }
         )
@@ -220,9 +220,10 @@ def _ours_only(points: pd.DataFrame, paper_rows: pd.DataFrame, table: PaperTable
     """Rows for runs whose (model, method, task, setting) the paper does not print."""
     if points.empty:
         return pd.DataFrame()
-    printed = set(zip(paper_rows["model"], paper_rows["method"], paper_rows["task"], paper_rows["setting"], strict=True))
-    printed |= {(m, method, ANY_TASK, s) for m, method, s in zip(paper_rows["model"], paper_rows["method"],
-                                                                   paper_rows["setting"], strict=True)}
+    labels = [table.our_label(m) for m in paper_rows["method"]]
+    printed = set(zip(paper_rows["model"], labels, paper_rows["task"], paper_rows["setting"], strict=True))
+    printed |= {(m, label, ANY_TASK, s) for m, label, s in zip(paper_rows["model"], labels, paper_rows["setting"],
+                                                                 strict=True)}
     tables = paper_rows.groupby("model")["table"].first().to_dict()
     definitions = paper_rows[paper_rows["throughput_definition"] != ""].groupby("model")["throughput_definition"].first()
     rows = []

@@ -17,7 +17,7 @@ import yaml
 from dllm_accel.measure import TOKEN_COUNTS, summarize
 from dllm_accel.results import CONFIG, SUMMARY, read_samples
 
-from .catalog import method_label
+from .catalog import method_label, task_column
 
 RUN_COLUMNS = [
     "run_dir",
@@ -26,6 +26,7 @@ RUN_COLUMNS = [
     "method",
     "label",
     "task",
+    "task_config",
     "shots",
     "seed",
     "batch_size",
@@ -74,7 +75,8 @@ def run_identity(config: dict) -> dict:
         "model": config.get("model", {}).get("name"),
         "method": method.get("name"),
         "label": method_label(method.get("name"), options, sampler),
-        "task": config.get("task", {}).get("name"),
+        "task": task_column(config.get("task", {}).get("name")),
+        "task_config": config.get("task", {}).get("name"),
         "shots": config.get("task", {}).get("num_fewshot"),
         "seed": config.get("seed"),
         "batch_size": config.get("batch_size", 1),

@@ -61,14 +61,14 @@ MODELS = {
     "llada instruct": "llada_8b_instruct",
     "llada base": "llada_8b_base",
     "llada-1.5": "llada_1_5",
-    "dream-v0-7b-base": "dream_v0_7b_base",
-    "dream-v0-base-7b": "dream_v0_7b_base",
-    "dream base": "dream_v0_7b_base",
-    "dream-v0-7b-instruct": "dream_v0_7b_instruct",
-    "dream-7b(-instruct)": "dream_v0_7b_instruct",
-    "dream instruct": "dream_v0_7b_instruct",
+    "dream-v0-7b-base": "dream_7b_base",
+    "dream-v0-base-7b": "dream_7b_base",
+    "dream base": "dream_7b_base",
+    "dream-v0-7b-instruct": "dream_7b_instruct",
+    "dream-7b(-instruct)": "dream_7b_instruct",
+    "dream instruct": "dream_7b_instruct",
     "llada": "llada_8b_instruct",
-    "dream": "dream_v0_7b_instruct",
+    "dream": "dream_7b_instruct",
 }
 KILO = 1024  # "1k" on Sparse-dLLM's Fig. 5 axis is read as 1024 tokens (the paper does not say)
 
@@ -258,12 +258,12 @@ def _triple(cell: str) -> tuple[float, float, float | None]:
 
 FAST_NOTE = "lm-eval, block 32, parallel threshold 0.9, batch 1"
 # Fast-dLLM counts LLaDA answer tokens after `until` minus EOS, and Dream generated tokens minus EOS
-FAST_COUNT = {"llada_8b_instruct": "answer", "dream_v0_7b_base": "non_eos"}
+FAST_COUNT = {"llada_8b_instruct": "answer", "dream_7b_base": "non_eos"}
 
 
 def fast_dllm_tables(text: str) -> Iterator[dict]:
     for table, anchor in (("1", "**Table 1: LLaDA-8B-Instruct**"), ("2", "**Table 2: Dream-v0-Base-7B:**")):
-        model = "llada_8b_instruct" if table == "1" else "dream_v0_7b_base"
+        model = "llada_8b_instruct" if table == "1" else "dream_7b_base"
         header, *body = markdown_tables(text, anchor)[0]
         methods = [lookup(METHODS, h) for h in header[2:]]
         task = None

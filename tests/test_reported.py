@@ -78,8 +78,8 @@ def test_every_csv_is_tidy(reported):
     [
         ("1a", "llada_8b_instruct", "### Table 1a"),
         ("1b", "llada_1_5", "### Table 1b"),
-        ("2a", "dream_v0_7b_base", "### Table 2a"),
-        ("2b", "dream_v0_7b_instruct", "### Table 2b"),
+        ("2a", "dream_7b_base", "### Table 2a"),
+        ("2b", "dream_7b_instruct", "### Table 2b"),
     ],
 )
 def test_sparse_dllm_tables_cell_by_cell(reported, table, model, heading):
@@ -113,7 +113,7 @@ def test_sparse_dllm_named_cells(reported):
     point = dict(paper="sparse_dllm", table="fig5", model="llada_8b_instruct", method="sparse_dllm")
     assert values(reported, metric="throughput", setting="seq_len=8192", **point) == [9.0]
     assert fig5[("Dream mem Fast-dLLM", "6k")] == "–"
-    oom = values(reported, table="fig5", model="dream_v0_7b_instruct", method="fast_dllm", metric="peak_memory",
+    oom = values(reported, table="fig5", model="dream_7b_instruct", method="fast_dllm", metric="peak_memory",
                  setting="seq_len=6144")
     assert len(oom) == 1 and math.isnan(oom[0])
 
@@ -121,7 +121,7 @@ def test_sparse_dllm_named_cells(reported):
 def test_dyllm_table_and_curves(reported):
     dream = spec_table(SPARSE_SPEC, "## B.10 Reported numbers", index=1)
     assert dream[("GSM8K", "DyLLM τ=0.995")] == "78.09 / 120.62 (9.60×)"
-    where = dict(paper="dyllm", table="result_table", model="dream_v0_7b_instruct", method="dyllm", task="gsm8k",
+    where = dict(paper="dyllm", table="result_table", model="dream_7b_instruct", method="dyllm", task="gsm8k",
                  setting="threshold=0.995")
     assert [values(reported, metric=m, **where) for m in ("accuracy", "throughput", "speedup")] == [
         [78.09], [120.62], [9.6]]
@@ -135,7 +135,7 @@ def test_dyllm_table_and_curves(reported):
         assert accuracy == [float(NUMBER.findall(cell)[0])], (task, column)
     curves = spec_table(SPARSE_SPEC, "### Accuracy against throughput with more tokens per step")
     assert curves[("Dream-MBPP", "dyllm")].endswith("(400, 24.3)")
-    point = dict(table="curves", model="dream_v0_7b_instruct", method="dyllm", task="mbpp",
+    point = dict(table="curves", model="dream_7b_instruct", method="dyllm", task="mbpp",
                  setting="threshold=0.995;tokens_per_step=4")
     assert values(reported, metric="throughput", **point) == [400.0]
     assert values(reported, metric="accuracy", **point) == [24.3]
@@ -150,7 +150,7 @@ def test_fast_dllm_tables(reported):
         [77.2], [35.3], [11.0]]
     table2 = spec_table(BASELINES_SPEC, "**Table 2: Dream-v0-Base-7B:**", label_columns=2)
     assert table2[("MBPP 3-shot 256", "+Cache+Parallel")] == "56.4 / 76.0 (6.8×)"
-    where = dict(table="2", model="dream_v0_7b_base", method="fast_dllm_prefix_parallel", task="mbpp",
+    where = dict(table="2", model="dream_7b_base", method="fast_dllm_prefix_parallel", task="mbpp",
                  setting="gen_length=256")
     assert values(reported, metric="throughput", **where) == [76.0]
     table34 = spec_table(BASELINES_SPEC, "**Tables 3 and 4: LLaDA GSM8K**")
@@ -164,7 +164,7 @@ def test_fast_dllm_tables(reported):
 def test_dllm_cache_speedups(reported):
     radar = spec_table(BASELINES_SPEC, "### 5.9 Reported numbers (dLLM-Cache)")
     assert "MMLU 6.1" in radar[("Dream Instruct", "Speedups (×)")]
-    assert values(reported, paper="dllm_cache", model="dream_v0_7b_instruct", task="mmlu") == [6.1]
+    assert values(reported, paper="dllm_cache", model="dream_7b_instruct", task="mmlu") == [6.1]
     assert len(values(reported, paper="dllm_cache")) == 24
 
 
@@ -177,7 +177,7 @@ def test_committed_csvs_equal_a_fresh_transcription():
 
 
 @pytest.mark.parametrize("table,model,heading", [("1", "llada_8b_instruct", "**Table 1: LLaDA-8B-Instruct**"),
-                                                 ("2", "dream_v0_7b_base", "**Table 2: Dream-v0-Base-7B:**")])
+                                                 ("2", "dream_7b_base", "**Table 2: Dream-v0-Base-7B:**")])
 def test_fast_dllm_tables_cell_by_cell(reported, table, model, heading):
     methods = {"LLaDA": "vanilla", "Dream": "vanilla", "+Cache": "fast_dllm_prefix", "+Parallel": "fast_dllm_parallel",
                "+Cache+Parallel": "fast_dllm_prefix_parallel"}
