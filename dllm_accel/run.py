@@ -36,6 +36,7 @@ from .results import RunStore, config_hash, run_directory, sample_key
 from .tracking import Tracker, resolve_mode
 
 log = logging.getLogger("dllm_accel.run")
+_LENGTH_NAMES = {"gen_length", "max_new_tokens"}
 LONG_CONTEXT_TASKS = (
     "passkey",
     "niah_single",
@@ -60,7 +61,11 @@ def sampler_settings(config: dict) -> dict:
     """Task defaults, then the method's overrides, then the run's (experiment or command line)."""
     merged: dict = {}
     for layer in (config["task"].get("sampler"), config["method"].get("sampler"), config.get("sampler")):
-        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        given = {k: v for k, v in (layer or {}).items() if v is not None}
+        if given.keys() & _LENGTH_NAMES:  # gen_length and max_new_tokens are one setting
+            for name in _LENGTH_NAMES:
+                merged.pop(name, None)
+        merged.update(given)
     return merged
 
 

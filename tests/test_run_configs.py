@@ -1,0 +1,144 @@
+"""Every config composes against its schema and instantiates; bad input fails early and clearly."""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from dllm_accel.eval.data import check_data, default_data_dir, template_files
+from dllm_accel.eval.prompting import resolve_style
+from dllm_accel.eval.schema import CONF_DIR
+from dllm_accel.generation.settings import SamplerSettings
+from dllm_accel.methods import build_method
+from dllm_accel.models import load_spec
+from dllm_accel.paths import tiny_checkpoint
+from dllm_accel.run import sampler_settings, validate
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+METHODS = sorted(str(p.relative_to(CONF_DIR / "method").with_suffix("")) for p in (CONF_DIR / "method").rglob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@cache
+def _composed_method(method: str) -> dict:
+    # each method is composed once, with the models and tasks cycled through alongside it
+    i = METHODS.index(method)
+    cfg = _compose(f"method={method}", f"model={MODELS[i % len(MODELS)]}", f"task={TASKS[i % len(TASKS)]}")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@cache
+def _group_node(group: str, option: str) -> dict:
+    return OmegaConf.to_container(_compose(f"{group}={option}")[group], resolve=True)
+
+
+@cache
+def _family_spec(model: str):
+    family = "dream" if model.startswith("dream") else "llada"
+    return load_spec(tiny_checkpoint(family))[0]
+
+
+def test_the_config_groups_are_all_there():
+    assert {"llada_8b_instruct", "llada_8b_base", "llada_1_5", "dream_7b_instruct", "dream_7b_base"} <= set(MODELS)
+    assert {"llada_tiny", "dream_tiny", "gsm8k", "humaneval", "passkey"} <= set(MODELS) | set(TASKS)
+    assert "vanilla" in METHODS and "demo_tiny" in EXPERIMENTS
+    assert (CONF_DIR / "hydra" / "launcher" / "slurm_1gpu.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_file_composes_against_its_schema(method):
+    config = _composed_method(method)
+    assert config["method"]["name"]
+    build_method(config["method"]["name"], **config["method"]["options"])
+
+
+def test_every_model_method_task_combination_instantiates():
+    """Group nodes compose independently, so each triple is the union of the three composed nodes."""
+    failures = []
+    for model, method, task in itertools.product(MODELS, METHODS, TASKS):
+        config = _composed_method(method) | {"model": _group_node("model", model), "task": _group_node("task", task)}
+        try:
+            build_method(config["method"]["name"], **config["method"]["options"])
+            SamplerSettings(**sampler_settings(config)).resolve(_family_spec(model), prompt_length=1)
+            resolve_style(config["prompt"]["style"], config["model"]["instruct"])
+            assert template_files(config["task"]["lm_eval_task"]) is not None
+        except Exception as err:  # collect every failing triple, not just the first
+            failures.append(f"{model} x {method} x {task}: {err}")
+    assert not failures, "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_finds_its_local_data(task):
+    check_data(_group_node("task", task)["lm_eval_task"], default_data_dir())
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    config = OmegaConf.to_container(_compose(f"experiment={experiment}"), resolve=True)
+    if Path(config["model"]["path"]).is_dir():
+        validate(config)
+
+
+@pytest.mark.parametrize(
+    ("override", "accepted"),
+    [("model=llada_9b", "llada_tiny"), ("method=no_such_method", "vanilla"), ("task=gsm9k", "humaneval")],
+)
+def test_unknown_names_list_the_accepted_ones(override, accepted):
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(override)
+    assert accepted in str(err.value.__cause__ or err.value) + str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["method=sparse_dllm", "method.options.keep_ratio=abc"], "keep_ratio"),
+        (["method=sparse_dllm", "method.options.keep_ratoi=0.5"], "keep_ratoi"),
+        (["sampler.steps=many"], "steps"),
+        (["task.limit=abc"], "limit"),
+        (["batch_size=two"], "batch_size"),
+        (["model.rope_scaling=big"], "rope_scaling"),
+    ],
+)
+def test_malformed_values_fail_at_composition_naming_the_key(overrides, key):
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(*overrides)
+    assert key in f"{err.value} {err.value.__cause__}"
+
+
+def test_added_unknown_option_is_rejected_before_loading():
+    config = OmegaConf.to_container(_compose("method=vanilla", "+method.options.bogus=1"), resolve=True)
+    with pytest.raises(ValueError, match="bogus"):
+        validate(config)
+
+
+def test_bad_prompt_style_and_tracking_are_named():
+    config = OmegaConf.to_container(_compose("prompt.style=fancy"), resolve=True)
+    with pytest.raises(ValueError, match="fancy.*accepted: auto, plain, chat, multiturn"):
+        validate(config)
+    config = OmegaConf.to_container(_compose("tracking=cloud"), resolve=True)
+    with pytest.raises(ValueError, match="cloud"):
+        validate(config)
+
+
+def test_impossible_sampler_settings_fail_before_loading():
+    config = OmegaConf.to_container(_compose("sampler.gen_length=30", "sampler.block_length=8"), resolve=True)
+    with pytest.raises(ValueError, match="gen_length=30 is not a multiple of block_length=8"):
+        validate(config)
+
+
+def test_missing_data_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "gsm8k" / "test.jsonl.gz")):
+        check_data("dllm_gsm8k", tmp_path)
