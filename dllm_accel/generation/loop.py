@@ -35,7 +35,7 @@ def denoise(
     resolved = settings.resolve(model.spec, input_ids.shape[1])
     canvas = Canvas.start(input_ids.to(model.device), attention_mask, resolved, model.spec)
     strategy.check(canvas)
-    policy = policy or build_policy(canvas)
+    policy = strategy.decoding_policy(policy or build_policy(canvas), canvas)
     strategy.begin(model, canvas)
     for block in range(resolved.num_blocks):
         canvas.block, canvas.block_step = block, 0

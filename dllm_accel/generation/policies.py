@@ -42,12 +42,20 @@ def _scatter_block(canvas: Canvas, values: torch.Tensor, fill: float | int) -> t
     return full
 
 
-def top_k_commit(confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tensor, canvas: Canvas) -> Commit:
-    """Per row, the ``counts[b]`` most confident candidates (confidence -inf elsewhere)."""
+def top_k_commit(
+    confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tensor, canvas: Canvas, rows: slice | None = None
+) -> Commit:
+    """Per row, the ``counts[b]`` most confident candidates (confidence -inf elsewhere).
+
+    ``rows`` ranks only the positions a strategy computed, as the official samplers rank
+    over their model input: ``torch.topk`` breaks exact ties by the ranked length.
+    """
     index = torch.zeros_like(canvas.x, dtype=torch.bool)
+    rows = slice(0, canvas.length) if rows is None else rows
+    offset = rows.start or 0
     for b, k in enumerate(counts.tolist()):
         if k > 0:
-            index[b, torch.topk(confidence[b], k).indices] = True
+            index[b, offset + torch.topk(confidence[b, rows], k).indices] = True
     # a count above a row's candidates must not overwrite decoded tokens with masks
     return Commit(index=index & canvas.masked(), tokens=x0)
 
@@ -74,8 +82,8 @@ class ConfidencePolicy(DecodingPolicy):
         counts = self.schedule.count(canvas)
         s = canvas.settings
         if s.sampler == "dream" and s.alg_temp:
-            return self._sample_positions(confidence, x0, int(counts[0]), canvas)
-        return top_k_commit(confidence, x0, counts, canvas)
+            return self._sample_positions(confidence, x0, int(counts[0]), canvas, rows)
+        return top_k_commit(confidence, x0, counts, canvas, rows)
 
     def propose(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-length x0 and confidence; confidence is -inf off the current block's masks."""
@@ -93,11 +101,14 @@ class ConfidencePolicy(DecodingPolicy):
         return _scatter_block(canvas, x0, canvas.mask_id), _scatter_block(canvas, conf, -torch.inf)
 
     @staticmethod
-    def _sample_positions(confidence: torch.Tensor, x0: torch.Tensor, n: int, canvas: Canvas) -> Commit:
+    def _sample_positions(
+        confidence: torch.Tensor, x0: torch.Tensor, n: int, canvas: Canvas, rows: slice | None = None
+    ) -> Commit:
         index = torch.zeros_like(canvas.x, dtype=torch.bool)
+        rows = slice(0, canvas.length) if rows is None else rows
         if n > 0:
-            probs = torch.softmax(confidence / canvas.settings.alg_temp, dim=-1)
-            index.scatter_(1, torch.multinomial(probs, num_samples=n), True)
+            probs = torch.softmax(confidence[:, rows] / canvas.settings.alg_temp, dim=-1)
+            index[:, rows] = index[:, rows].scatter(1, torch.multinomial(probs, num_samples=n), True)
         return Commit(index=index & canvas.masked(), tokens=x0)
 
 

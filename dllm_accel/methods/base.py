@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..generation.canvas import Canvas, Commit
+from ..generation.policies import DecodingPolicy
 from ..models.core import DiffusionTransformer
 
 
@@ -33,6 +34,11 @@ class ForwardStrategy(ABC):
         """Reject sampler settings this method cannot honour, before any forward."""
         if canvas.settings.cfg_scale > 0 and not self.supports_cfg:
             raise ValueError(f"method {self.name!r} does not support cfg_scale > 0 (got {canvas.settings.cfg_scale})")
+
+    def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
+        """The policy the loop decodes with; a method whose passes cannot score some
+        positions (e.g. Dream's shifted first block row in block-only passes) wraps it."""
+        return policy
 
     def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         """Called once before the first block (allocate caches here)."""
