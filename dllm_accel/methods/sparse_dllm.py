@@ -1,0 +1,221 @@
+"""Sparse-dLLM: dynamic cache eviction with delayed bidirectional sparse caching.
+
+Per block: dense passes up to the delay step; at the delay step every layer also scores
+the non-block keys (prefix and suffix) against the block's queries and keeps the most
+important ``keep_ratio`` of them, post-RoPE; every later step runs only the block, at its
+absolute positions, attending to [kept K/V ; fresh block K/V]. Spec:
+``specs/sparse-dllm-and-dyllm.md`` part A; official code OpenMOSS/Sparse-dLLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..generation.canvas import Canvas, Commit
+from ..generation.policies import DecodingPolicy
+from ..generation.scoring import dream_sample_tokens
+from ..models.core import DiffusionTransformer
+from ..models.rope import RopeTable
+from .base import ForwardStrategy, MethodConfig
+from .registry import register
+from .sparse_dllm_cache import SparseKVCache, block_importance, candidate_positions, kept_count, select_kept
+
+KEPT_ORDERS = ("importance", "position")
+
+
+@dataclass
+class SparseDLLMConfig(MethodConfig):
+    """Sparse-dLLM options; the defaults are the official code's and the paper's.
+
+    keep_ratio: fraction of the L - block_length non-block keys each layer keeps
+        (``floor`` of the product, as the official ``int()``).
+    kernel_size: max-pool window over the importance scores; None = no pooling (the
+        official LLaDA wrapper's default; every shipped config passes 3).
+    delay: the step within a block whose dense pass builds the cache (official 1: one
+        token of the block is already decoded); 0 builds it in the block's first pass.
+    joint_selection: prefix and suffix compete in one top-k, pooled across their seam
+        (official). False: the prefix keeps ``floor(prefix_length * keep_ratio)`` and the
+        suffix the rest of the same total, each pooled and ranked on its own.
+    kept_order: order of the kept keys in the cache: ``importance`` (the official top-k
+        order) or ``position``. Only float summation order depends on it.
+    scaling_factor: multiplies the model's RoPE theta, as the official wrappers'
+        ``scaling_config['scaling_factor']`` for long context (1.0 = unchanged).
+    record_kept: keep every build's kept positions in ``kept_positions`` (diagnostics).
+    """
+
+    keep_ratio: float = 0.5
+    kernel_size: int | None = 3
+    delay: int = 1
+    joint_selection: bool = True
+    kept_order: str = "importance"
+    scaling_factor: float = 1.0
+    record_kept: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.keep_ratio, bool) or not 0 <= self.keep_ratio <= 1:
+            raise ValueError(f"keep_ratio={self.keep_ratio!r} must be a number in [0, 1]")
+        if self.kernel_size is not None and (not _is_int(self.kernel_size) or self.kernel_size < 1):
+            raise ValueError(f"kernel_size={self.kernel_size!r} must be a positive integer or None (no pooling)")
+        if not _is_int(self.delay) or self.delay < 0:
+            raise ValueError(f"delay={self.delay!r} must be an integer >= 0 (the step within a block that selects)")
+        if self.kept_order not in KEPT_ORDERS:
+            raise ValueError(f"unknown kept_order {self.kept_order!r} (accepted: {', '.join(KEPT_ORDERS)})")
+        if isinstance(self.scaling_factor, bool) or not self.scaling_factor > 0:
+            raise ValueError(f"scaling_factor={self.scaling_factor!r} must be a number > 0")
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one forward pass cost: keys each layer attended to, and attention FLOPs."""
+
+    step: int
+    block: int
+    block_step: int
+    kind: str  # "dense", "dense+select" or "sparse"
+    keys_per_layer: tuple[int, ...]
+    attention_flops: int
+
+
+@register
+class SparseDLLM(ForwardStrategy):
+    name = "sparse_dllm"
+    Config = SparseDLLMConfig
+    config: SparseDLLMConfig
+
+    def check(self, canvas: Canvas) -> None:
+        super().check(canvas)
+        if canvas.spec.logit_shift and canvas.settings.steps_per_block < 2:
+            raise ValueError(
+                f"sparse_dllm on {canvas.spec.family} needs at least 2 steps per block (got steps="
+                f"{canvas.settings.steps} for {canvas.settings.num_blocks} blocks): its first step only "
+                "commits the block's first token"
+            )
+
+    def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
+        return FirstTokenFirst(policy) if canvas.spec.logit_shift else policy
+
+    def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        spec, block = model.spec, canvas.settings.block_length
+        theta = spec.rope_theta * self.config.scaling_factor
+        self.rope = RopeTable(canvas.positions, spec.head_dim, theta, spec.rope_in_fp32, model.dtype, spec.rope_scaling)
+        keep = kept_count(canvas.length - block, self.config.keep_ratio)
+        shape = (spec.n_layers, canvas.x.shape[0], spec.n_kv_heads, keep, block, spec.head_dim)
+        self.cache = SparseKVCache(*shape, model.dtype, model.device, padded=canvas.key_mask is not None)
+        self.trace: list[PassRecord] = []
+        self.kept_positions: list[torch.Tensor] = []
+        for key in ("attention_flops", "attention_flops_dense", "dense_passes", "sparse_passes"):
+            canvas.stats[key] = 0.0
+        canvas.stats["kept_keys_per_layer"] = float(keep)
+
+    def begin_block(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        self.candidates = candidate_positions(canvas.length, canvas.block_start, canvas.block_end, model.device)
+
+    def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
+        if canvas.block_step > self.config.delay:
+            return self._block_pass(model, canvas), canvas.block_slice
+        hidden = self._dense_pass(model, canvas, select=canvas.block_step == self.config.delay)
+        if not canvas.spec.logit_shift:
+            return model.logits(hidden), slice(0, canvas.length)
+        # Dream's sampler shifts the full logits, then ranks within the block only: the head
+        # needs just the rows that predict the block (and ties break over the block's length).
+        first = max(canvas.block_start - 1, 0)
+        logits = model.shift_logits(model.logits(hidden[:, first : canvas.block_end]))
+        return logits[:, canvas.block_start - first :], canvas.block_slice
+
+    # -- passes ------------------------------------------------------------------------
+    def _dense_pass(self, model: DiffusionTransformer, canvas: Canvas, select: bool) -> torch.Tensor:
+        """Last hidden states of the whole sequence; at the delay step, also fill the cache."""
+        block = canvas.block_slice
+        x = model.embed(canvas.x)
+        for layer, blk in enumerate(model.blocks):
+            q, k, v = blk.qkv(blk.attn_norm(x))
+            q, k = blk.rope(q, self.rope), blk.rope(k, self.rope)
+            if select:
+                self._select(layer, q[:, :, block], k, v, canvas)
+            x = x + blk.attn_out(blk.attend(q, k, v, canvas.key_mask))
+            x = x + blk.mlp(blk.mlp_norm(x))
+        if select and self.config.record_kept:
+            self.kept_positions.append(self.cache.positions.clone())
+        self._record(model, canvas, "dense+select" if select else "dense", canvas.length, canvas.length)
+        return x
+
+    def _block_pass(self, model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
+        block = canvas.block_slice
+        rope = self.rope.select(block)
+        x = model.embed(canvas.x[:, block])
+        for layer, blk in enumerate(model.blocks):
+            q, k, v = blk.qkv(blk.attn_norm(x))
+            keys, values, key_mask = self.cache.with_block(layer, blk.rope(k, rope), v)
+            x = x + blk.attn_out(blk.attend(blk.rope(q, rope), keys, values, key_mask))
+            x = x + blk.mlp(blk.mlp_norm(x))
+        width = canvas.settings.block_length
+        self._record(model, canvas, "sparse", width, self.cache.keep + width)
+        # Dream's shift inside the window: the block's first row reuses its own output,
+        # which is harmless because that position was committed at the block's first step.
+        return model.shift_logits(model.logits(x))
+
+    def _select(self, layer: int, q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, canvas: Canvas) -> None:
+        candidates = self.candidates
+        importance = block_importance(q_block, k.index_select(2, candidates))
+        invalid = None if canvas.key_mask is None else ~canvas.key_mask.index_select(1, candidates)
+        budget = None
+        if not self.config.joint_selection:
+            budget = (canvas.block_start, kept_count(canvas.block_start, self.config.keep_ratio))
+        kept = select_kept(importance, self.cache.keep, self.config.kernel_size, budget, invalid)
+        if self.config.kept_order == "position":
+            kept = kept.sort(dim=-1).values
+        self.cache.store(layer, candidates[kept], k, v, canvas.key_mask)
+
+    def _record(self, model: DiffusionTransformer, canvas: Canvas, kind: str, queries: int, keys: int) -> None:
+        spec, batch = model.spec, canvas.x.shape[0]
+        per_layer = 4 * batch * spec.n_heads * spec.head_dim * queries * keys
+        dense = 4 * batch * spec.n_heads * spec.head_dim * canvas.length * canvas.length
+        record = PassRecord(
+            canvas.step, canvas.block, canvas.block_step, kind, (keys,) * spec.n_layers, per_layer * spec.n_layers
+        )
+        self.trace.append(record)
+        canvas.nfe += 1
+        stats = canvas.stats
+        stats["attention_flops"] += record.attention_flops
+        stats["attention_flops_dense"] += dense * spec.n_layers
+        stats["sparse_passes" if kind == "sparse" else "dense_passes"] += 1
+
+
+class FirstTokenFirst(DecodingPolicy):
+    """Dream under block passes: a block's first step commits only its first position.
+
+    Block-only passes shift logits inside the window, so the block's first position
+    would be predicted from itself instead of from the position before it. The official
+    sampler therefore samples the block's logits at the first (dense) step, writes the
+    first position's token unconditionally, and leaves the rest to ``inner`` from the
+    second step on.
+    """
+
+    def __init__(self, inner: DecodingPolicy) -> None:
+        self.inner = inner
+
+    def begin_block(self, canvas: Canvas) -> None:
+        self.inner.begin_block(canvas)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return self.inner.block_finished(canvas)
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        if canvas.block_step > 0:
+            return self.inner.select(logits, rows, canvas)
+        s = canvas.settings
+        start = canvas.block_start - (rows.start or 0)
+        window = logits[:, start : start + s.block_length]
+        _, tokens = dream_sample_tokens(window.reshape(-1, window.shape[-1]), s.temperature, s.top_p, s.top_k)
+        first = canvas.block_start
+        index = torch.zeros_like(canvas.x, dtype=torch.bool)
+        index[:, first] = canvas.x[:, first] == canvas.mask_id
+        filled = canvas.x.clone()
+        filled[:, first] = tokens.view(window.shape[0], -1)[:, 0]
+        return Commit(index=index, tokens=filled)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
