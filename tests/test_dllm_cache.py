@@ -274,8 +274,8 @@ def test_configs_and_presets_build_and_resolve():
         ("llada_8b_instruct_gsm8k", 50, 7, {"gen_length": 256, "steps": 256, "block_length": 8}),
         ("llada_8b_instruct_mmlu_pro", 51, 3, {"gen_length": 256, "steps": 256, "block_length": 256}),
         ("llada_8b_base_mbpp_alt", 25, 4, {"gen_length": 256, "steps": 256, "block_length": 32}),
-        ("dream_v0_7b_instruct_gsm8k_cot", 25, 2, {"max_new_tokens": 256, "temperature": 0.2, "top_p": 0.95}),
-        ("dream_v0_7b_base_humaneval", 5, 1, {"max_new_tokens": 256, "steps": 256, "alg": "entropy"}),
+        ("dream_7b_instruct_gsm8k_cot", 25, 2, {"gen_length": 256, "temperature": 0.2, "top_p": 0.95}),
+        ("dream_7b_base_humaneval", 5, 1, {"gen_length": 256, "steps": 256, "alg": "entropy"}),
     ],
 )
 def test_presets_hold_the_published_settings(preset, kp, kr, sampler):
