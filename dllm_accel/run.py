@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .eval.byte_tokenizer import ByteTokenizer
-from .eval.code_tasks import configure_execution
+from .eval.code_tasks import HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
 from .eval.schema import register
@@ -77,6 +77,11 @@ def validate(config: dict) -> None:
     build_method(name, **(config["method"].get("options") or {}))
     resolve_style(config["prompt"]["style"], config["model"]["instruct"])
     resolve_mode(config["tracking"])
+    if config["humaneval_postprocess"] not in HUMANEVAL_POSTPROCESS:
+        raise ValueError(
+            f"unknown humaneval_postprocess {config['humaneval_postprocess']!r} "
+            f"(accepted: {', '.join(HUMANEVAL_POSTPROCESS)})"
+        )
     if config["batch_size"] < 1:
         raise ValueError(f"batch_size={config['batch_size']} must be >= 1")
     spec, _, _ = load_spec(config["model"]["path"])
@@ -134,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict | None:
     torch.manual_seed(config["seed"])
     if config["cpu_threads"]:
         torch.set_num_threads(config["cpu_threads"])
-    configure_execution(config["code_workers"], config["code_timeout_s"])
+    configure_execution(config["code_workers"], config["code_timeout_s"], config["humaneval_postprocess"])
     device = _device(config["model"]["device"])
     model_cfg = config["model"]
     model = load_model(

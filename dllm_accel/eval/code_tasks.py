@@ -1,7 +1,7 @@
 """HumanEval(+) and MBPP(+): answer post-processing and pass@1 through the sandbox.
 
 HumanEval answers are sanitized as Dream, Fast-dLLM and dLLM-Cache do (their
-``postprocess_code.py`` + EvalPlus ``sanitize``); MBPP answers are run as lm-eval runs them
+``postprocess_code.py`` + ast ``sanitize``), or kept as lm-eval keeps them; MBPP answers are run as lm-eval runs them
 (completion, newline, the asserts). Execution happens in an lm-eval filter so that all of a
 task's programs run in parallel; ``process_results`` only reads the verdicts.
 """
@@ -13,28 +13,29 @@ from dataclasses import asdict
 
 from .sandbox import Limits, run_programs
 
-_EXECUTION = {"workers": 4, "limits": Limits()}
+HUMANEVAL_POSTPROCESS = ("papers", "lm_eval")
+_EXECUTION = {"workers": 4, "limits": Limits(), "humaneval_postprocess": "papers"}
 MBPP_TEST_IDS = range(11, 511)
 MBPP_SHOT_IDS = (2, 3, 4)
 
 
-def configure_execution(workers: int = 4, timeout_s: float = 10.0) -> None:
-    """Parallel workers and per-program timeout for every code task of this process."""
+def configure_execution(workers: int = 4, timeout_s: float = 10.0, humaneval_postprocess: str = "papers") -> None:
+    """Parallel workers, per-program timeout and HumanEval post-processing for this process."""
+    if humaneval_postprocess not in HUMANEVAL_POSTPROCESS:
+        raise ValueError(
+            f"unknown humaneval_postprocess {humaneval_postprocess!r} (accepted: {', '.join(HUMANEVAL_POSTPROCESS)})"
+        )
     if workers < 1:
         raise ValueError(f"code_workers={workers} must be >= 1")
     if timeout_s <= 0:
         raise ValueError(f"code_timeout_s={timeout_s} must be > 0")
-    _EXECUTION["workers"] = workers
-    _EXECUTION["limits"] = Limits(timeout_s=timeout_s)
+    _EXECUTION.update(workers=workers, limits=Limits(timeout_s=timeout_s), humaneval_postprocess=humaneval_postprocess)
 
 
-# ------------------------------------------------------------------ sanitize (EvalPlus-style)
+# ------------------------------------------------------------------ sanitize (the papers' ast version)
 def fenced_code(text: str) -> str:
     """The text after the first fenced ``python`` opening (or all of it) up to the next fence."""
-    start = text.find("```python\n")
-    body = text[start + len("```python\n") :] if start >= 0 else text
-    end = body.find("```")
-    return body if end < 0 else body[:end]
+    return text.split("```python\n", 1)[-1].split("```")[0]
 
 
 def _parses(code: str) -> bool:
@@ -45,13 +46,14 @@ def _parses(code: str) -> bool:
     return True
 
 
-def longest_parsable_span(text: str) -> str:
-    """The line span with the most non-blank lines that parses; the earliest such span wins.
+def longest_parsable_span(text: str, max_lines: int = 100) -> str:
+    """Among the first ``max_lines`` lines, the span with the most non-blank lines that parses.
 
-    Same answer as trying every (start, end) pair in order, but each start scans ends from the
-    last line down and stops at the first that parses, so long answers stay fast.
+    The earliest such span wins, as when every (start, end >= start) pair is tried in order;
+    each start scans ends from the last line down and stops at the first that parses, so long
+    answers stay fast.
     """
-    lines = text.split("\n")
+    lines = text.splitlines()[:max_lines]
     prefix = [0]
     for line in lines:
         prefix.append(prefix[-1] + bool(line.strip()))
@@ -59,81 +61,85 @@ def longest_parsable_span(text: str) -> str:
     def count(i: int, j: int) -> int:
         return prefix[j + 1] - prefix[i]
 
-    best, span = 0, (0, 0)
+    best, span = 0, None
     for i in range(len(lines)):
         if count(i, len(lines) - 1) <= best:
             break
-        top = next(
-            (j for j in range(len(lines) - 1, i, -1) if count(i, j) > best and _parses("\n".join(lines[i : j + 1]))),
-            None,
-        )
+        ends = (j for j in range(len(lines) - 1, i - 1, -1) if count(i, j) > best)
+        top = next((j for j in ends if _parses("\n".join(lines[i : j + 1]))), None)
         if top is None:
             continue
         low = top
-        while low - 1 > i and count(i, low - 1) == count(i, top) and _parses("\n".join(lines[i:low])):
+        while low - 1 >= i and count(i, low - 1) == count(i, top) and _parses("\n".join(lines[i:low])):
             low -= 1
         best, span = count(i, top), (i, low)
-    return "\n".join(lines[span[0] : span[1] + 1])
+    return "" if span is None else "\n".join(lines[span[0] : span[1] + 1])
 
 
-def _has_return(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Return) for n in ast.walk(node))
-
-
-def _names_used(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
-        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-    }
+def _references(node: ast.AST) -> set[str]:
+    """Names a definition mentions: bare names and attribute names (not what an attribute hangs off)."""
+    found, stack = set(), [node]
+    while stack:
+        for child in ast.iter_child_nodes(stack.pop()):
+            if isinstance(child, ast.Name):
+                found.add(child.id)
+            elif isinstance(child, ast.Attribute):
+                found.add(child.attr)
+            else:
+                stack.append(child)
+    return found
 
 
 def _definition_name(node: ast.stmt) -> str | None:
     if isinstance(node, ast.ClassDef):
         return node.name
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return node.name if _has_return(node) else None
-    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+    if isinstance(node, ast.FunctionDef):
+        return node.name if any(isinstance(n, ast.Return) for n in ast.walk(node)) else None
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
         return node.targets[0].id
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id
     return None
 
 
 def sanitize(code: str, entry_point: str | None = None) -> str:
-    """Keep imports and the definitions ``entry_point`` reaches (functions must return something)."""
-    code = longest_parsable_span(code)
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return ""
+    """Dream/Fast-dLLM/dLLM-Cache ``sanitize``: imports, then the definitions ``entry_point`` reaches.
+
+    Functions count only if they return something; a later definition of a name replaces an
+    earlier one in its place. A helper the tests call but the entry point does not (HumanEval/50's
+    ``encode_shift``) is dropped, exactly as the papers' scorer drops it.
+    """
+    code = longest_parsable_span(code.replace("\t", "    ").replace("\r\n", "\n").replace("\r", "\n").strip() + "\n")
+    tree = ast.parse(code)
     imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     definitions: dict[str, ast.stmt] = {}
     for node in tree.body:
         name = _definition_name(node)
-        if name is not None and name not in definitions:
+        if name is not None:
             definitions[name] = node
     keep = set(definitions)
-    if entry_point is not None:
+    if entry_point:
         keep, frontier = set(), [entry_point]
         while frontier:
-            name = frontier.pop()
-            if name in keep or name not in definitions:
-                continue
-            keep.add(name)
-            frontier.extend(_names_used(definitions[name]) & set(definitions))
-    kept = imports + [node for name, node in definitions.items() if name in keep]
-    kept.sort(key=lambda n: n.lineno)
-    return "\n".join(ast.unparse(n) for n in kept) + "\n"
+            name = frontier.pop(0)
+            if name not in keep:
+                keep.add(name)
+                frontier.extend(_references(definitions[name]) - keep if name in definitions else ())
+    return "\n".join([ast.unparse(n) for n in imports] + [ast.unparse(n) for k, n in definitions.items() if k in keep])
 
 
 def humaneval_solution(doc: dict, completion: str) -> str:
-    """The papers' post-processing: fence extraction, prompt prepended, normalised, sanitized."""
-    text = doc["prompt"] + "\n" + fenced_code(completion)
-    text = text.replace("\t", "    ").replace("\r\n", "\n").strip() + "\n"
-    return sanitize(text, doc["entry_point"])
+    """The code scored for a completion, under the configured post-processing.
+
+    ``papers``: fenced code, the prompt and a newline before it, then ``sanitize`` (Dream,
+    Fast-dLLM, dLLM-Cache). ``lm_eval``: the prompt followed by the completion, unchanged
+    (lm-eval's ``humaneval``).
+    """
+    if _EXECUTION["humaneval_postprocess"] == "lm_eval":
+        return doc["prompt"] + completion
+    return sanitize(doc["prompt"] + "\n" + fenced_code(completion), doc["entry_point"])
 
 
 def humaneval_program(doc: dict, completion: str) -> str:
-    return f"{humaneval_solution(doc, completion)}\n{doc['test']}\ncheck({doc['entry_point']})\n"
+    return f"{humaneval_solution(doc, completion)}\n{doc['test']}\ncheck({doc['entry_point']})"
 
 
 def mbpp_program(doc: dict, completion: str) -> str:

@@ -113,6 +113,8 @@ class RunCfg:
     wandb_project: str = "dllm-accel"
     code_workers: int = 4
     code_timeout_s: float = 10.0
+    # papers: Dream/Fast-dLLM/dLLM-Cache sanitize; lm_eval: prompt + completion unchanged
+    humaneval_postprocess: str = "papers"
     print_summary: bool = True
 
 
