@@ -1,0 +1,65 @@
+"""The meter's raw counts and every throughput definition derived from them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dllm_accel.measure import Meter, environment, summarize, token_counts
+
+EOS, EOT = 9, 8
+
+
+def test_token_counts_under_each_papers_rule():
+    generated = [1, 2, EOT, 3, EOS, EOS]
+    counts = token_counts(generated, answer_ids=[1, 2, EOT], eos=EOS, eot=EOT)
+    assert counts == {"all_positions": 6, "non_eos": 4, "answer": 3, "before_eos": 2}
+    assert token_counts([1, 2], [1], EOS, None)["before_eos"] == 2
+
+
+def _sample(batch: int, first: bool, wall: float, positions: int, non_eos: int, nfe: int, peak=None, status="ok"):
+    return {
+        "status": status,
+        "process": "p",
+        "nfe": nfe,
+        "tokens": {"all_positions": positions, "non_eos": non_eos, "answer": non_eos, "before_eos": non_eos},
+        "timing": {"batch_id": batch, "first_call": first, "wall_s": wall, "peak_allocated_bytes": peak},
+    }
+
+
+def test_summary_counts_a_batch_once_and_separates_the_first_call():
+    records = [
+        _sample(0, True, 4.0, 16, 10, 16, peak=2 * 1024**3),
+        _sample(1, False, 2.0, 16, 12, 8, peak=4 * 1024**3),
+        _sample(1, False, 2.0, 16, 8, 8, peak=4 * 1024**3),  # same batch: its 2 s count once
+        {"status": "oom"},
+    ]
+    summary = summarize(records)
+    assert summary["statuses"] == {"ok": 3, "oom": 1}
+    everything, warm = summary["all"], summary["warm"]
+    assert everything["seconds"] == 6.0 and warm["seconds"] == 2.0
+    assert everything["tokens_per_s"]["all_positions"] == pytest.approx(48 / 6)
+    assert warm["tokens_per_s"]["non_eos"] == pytest.approx(20 / 2)
+    assert everything["forwards_per_s"] == pytest.approx(24 / 6)
+    assert everything["nfe_per_token"] == pytest.approx(32 / 48)
+    assert everything["tokens_per_forward"] == pytest.approx(48 / 32)
+    assert summary["latency_s"]["p50"] == 2.0 and summary["latency_s"]["p99"] == pytest.approx(3.96)
+    assert summary["peak_memory_gib"]["mean"] == pytest.approx(3.0) and summary["peak_memory_gib"]["max"] == 4.0
+
+
+def test_meter_times_each_call_and_flags_the_first():
+    meter = Meter(torch.device("cpu"))
+    with meter.time() as first:
+        sum(range(1000))
+    with meter.time() as second:
+        pass
+    assert first.first_call and not second.first_call and second.batch_id == 1
+    assert first.wall_s > 0 and meter.generate_s == pytest.approx(first.wall_s + second.wall_s)
+    assert 0 <= meter.overhead()["outside_generate_share"] <= 1
+
+
+def test_environment_fingerprint():
+    env = environment(torch.device("cpu"), torch.float32)
+    assert env["torch"] == torch.__version__ and env["dtype"] == "float32" and env["gpu"] is None
+    assert env["lm_eval"] and env["attention"].startswith("sdpa")
+    assert len(env["git"]["commit"] or "") in (0, 40)

@@ -1,0 +1,77 @@
+"""The results store: append as samples finish, survive a cut line, resume, finalize, name directories."""
+
+from __future__ import annotations
+
+import json
+
+from dllm_accel.results import SAMPLES, RunStore, config_hash, read_samples, run_directory, sample_key
+
+CONFIG = {
+    "experiment_name": "exp",
+    "model": {"name": "llada_tiny"},
+    "method": {"name": "vanilla", "options": {}},
+    "task": {"name": "gsm8k", "limit": 4},
+    "seed": 1,
+    "tracking": "none",
+    "results_root": "/somewhere",
+}
+
+
+def _record(doc: int, prompt: str = "p") -> dict:
+    return {
+        "key": sample_key("t", doc),
+        "task": "t",
+        "doc_id": doc,
+        "repeat": 0,
+        "prompt_hash": prompt,
+        "completion": f"c{doc}",
+    }
+
+
+def test_records_are_on_disk_as_soon_as_they_are_appended(tmp_path):
+    store = RunStore(tmp_path)
+    store.append(_record(1))
+    assert [r["doc_id"] for r in read_samples(tmp_path)] == [1]
+    store.append(_record(0))
+    assert len((tmp_path / SAMPLES).read_text().splitlines()) == 2
+
+
+def test_resume_needs_the_same_prompt_hash(tmp_path):
+    RunStore(tmp_path).append(_record(3, prompt="abc"))
+    resumed = RunStore(tmp_path)
+    assert resumed.finished(sample_key("t", 3), "abc")["completion"] == "c3"
+    assert resumed.finished(sample_key("t", 3), "abd") is None
+    assert resumed.finished(sample_key("t", 4), "abc") is None
+
+
+def test_a_line_cut_by_a_kill_is_dropped_and_appending_continues(tmp_path):
+    store = RunStore(tmp_path)
+    store.append(_record(0))
+    with open(tmp_path / SAMPLES, "a") as handle:
+        handle.write('{"key": "t/1/0", "comple')
+    resumed = RunStore(tmp_path)
+    assert list(resumed.records) == ["t/0/0"]
+    resumed.append(_record(1))
+    assert [r["doc_id"] for r in read_samples(tmp_path)] == [0, 1]
+
+
+def test_finalize_attaches_scores_in_document_order(tmp_path):
+    store = RunStore(tmp_path)
+    for doc in (2, 0, 1):
+        store.append(_record(doc))
+    records = store.finalize({sample_key("t", 0): {"acc,none": 1.0}})
+    assert [r["doc_id"] for r in records] == [0, 1, 2]
+    on_disk = read_samples(tmp_path)
+    assert on_disk[0]["scores"] == {"acc,none": 1.0} and on_disk[1]["scores"] is None
+    store.write_summary({"complete": True})
+    assert RunStore(tmp_path).read_summary() == {"complete": True}
+    assert json.loads((tmp_path / "summary.json").read_text())["complete"]
+
+
+def test_directory_names_follow_the_settings_that_change_results():
+    same = config_hash(CONFIG)
+    assert config_hash(CONFIG | {"tracking": "offline", "results_root": "/elsewhere"}) == same
+    assert config_hash(CONFIG | {"task": {"name": "gsm8k", "limit": 40}}) == same  # limit only selects docs
+    assert config_hash(CONFIG | {"seed": 2}) != same
+    assert config_hash(CONFIG | {"method": {"name": "vanilla", "options": {"x": 1}}}) != same
+    assert str(run_directory("/r", CONFIG)) == f"/r/exp/llada_tiny/vanilla-{same}/gsm8k"
