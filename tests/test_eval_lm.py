@@ -1,0 +1,166 @@
+"""DiffusionLM on the tiny checkpoints: batching, per-sample statuses, resume; long-context data."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from dllm_accel.eval import lm as lm_module
+from dllm_accel.eval import longctx
+from dllm_accel.eval.byte_tokenizer import ByteTokenizer
+from dllm_accel.eval.data import default_data_dir
+from dllm_accel.eval.lm import DiffusionLM
+from dllm_accel.eval.prompting import PromptFormat, encode, render_prompt
+from dllm_accel.methods import available_methods, method_class
+from dllm_accel.models import load_model, load_tokenizer
+from dllm_accel.paths import fixtures_dir, tiny_checkpoint
+from dllm_accel.results import RunStore
+
+CONTEXTS = [
+    "Question: 2+2?\nAnswer:",
+    "Q: name a colour.",
+    "Question: a much longer prompt about ducks that lay 16 eggs a day?\nAnswer:",
+    "Hi",
+]
+SAMPLER = {"gen_length": 32, "steps": 32, "block_length": 8}
+# Methods whose per-row result depends on the batch by the official design: a padded row differs.
+BATCH_DEPENDENT = {"sparse_dllm": "keeps floor(keep_ratio * (L - block)) keys, and L counts the batch's padding"}
+
+
+@cache
+def _model(family: str):
+    return load_model(tiny_checkpoint(family), dtype=torch.float32)
+
+
+def _requests(contexts=CONTEXTS, task: str = "t") -> list[Instance]:
+    return [Instance("generate_until", {}, (c, {"until": []}), 0, (task, i, 1)) for i, c in enumerate(contexts)]
+
+
+def _lm(family: str, method: str = "vanilla", **kwargs) -> DiffusionLM:
+    model = _model(family)
+    options = {"honour_padding_mask": True} if "honour_padding_mask" in _fields(method) else {}
+    kwargs = {"sampler": SAMPLER, "progress": False} | kwargs
+    return DiffusionLM(model, ByteTokenizer(model.spec), method, options=options, **kwargs)
+
+
+def _fields(method: str) -> set[str]:
+    return set(method_class(method).Config.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("method", available_methods())
+def test_left_padded_batches_give_the_batch_1_answers(family, method):
+    """Identical completions for every prompt imply identical accuracy under any scorer."""
+    single = _lm(family, method, batch_size=1).generate_until(_requests())
+    batched = _lm(family, method, batch_size=3).generate_until(_requests())
+    if method in BATCH_DEPENDENT:
+        # rows 2 (the batch's longest prompt) and 3 (alone) are unpadded and must still agree
+        assert batched[2:] == single[2:], BATCH_DEPENDENT[method]
+    else:
+        assert batched == single
+
+
+def test_a_prompt_longer_than_the_context_is_a_sample_error(tmp_path):
+    store = RunStore(tmp_path)
+    contexts = ["short", "x" * 5000, "also short"]
+    answers = _lm("llada", store=store).generate_until(_requests(contexts))
+    statuses = {r["doc_id"]: r["status"] for r in store.records.values()}
+    assert statuses == {0: "ok", 1: "error", 2: "ok"}
+    assert answers[1] == "" and "prompt_too_long" in store.records["t/1/0"]["error"]
+    assert "exceed the model's context of 4096" in store.records["t/1/0"]["error"]
+
+
+def test_out_of_memory_and_timeouts_are_sample_statuses(tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "oom")
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(lm_module, "generate", exhausted)
+    assert _lm("dream", store=store).generate_until(_requests(CONTEXTS[:2])) == ["", ""]
+    assert {r["status"] for r in store.records.values()} == {"oom"}
+    monkeypatch.undo()
+    slow = RunStore(tmp_path / "slow")
+    _lm("llada", store=slow, generation_timeout_s=0.001, sampler={"gen_length": 256, "steps": 256}).generate_until(
+        _requests(CONTEXTS[:1])
+    )
+    assert slow.records["t/0/0"]["status"] == "timeout"
+
+
+def test_finished_samples_are_answered_from_the_store(tmp_path, monkeypatch):
+    first = _lm("llada", store=RunStore(tmp_path)).generate_until(_requests())
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished sample was generated again")
+
+    monkeypatch.setattr(lm_module, "generate", never)
+    assert _lm("llada", store=RunStore(tmp_path)).generate_until(_requests()) == first
+
+
+def test_model_info_and_single_process_collectives():
+    lm = _lm("llada")
+    info = lm.get_model_info()
+    assert info["method"] == "vanilla" and info["sampler"]["gen_length"] == 32 and info["batch_size"] == 1
+    assert lm.rank == 0 and lm.world_size == 1
+    assert lm.all_gather(torch.tensor([3])).tolist() == [[3]] and lm.gather_object("x") == ["x"]
+    with pytest.raises(NotImplementedError):
+        lm.loglikelihood([])
+
+
+def test_unknown_method_and_bad_batch_size_are_refused():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        _lm("llada", "nope")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        _lm("llada", batch_size=0)
+
+
+# ------------------------------------------------------------------ synthetic long context
+@cache
+def _dream_tokenizer():
+    return load_tokenizer(fixtures_dir() / "tokenizers" / "dream")
+
+
+def _samples(task: str, tokenizer, fmt: PromptFormat, length: int = 512, depths=(0.0, 0.5, 1.0), haystack="noise"):
+    units = longctx.haystack_units(haystack, default_data_dir())
+    return longctx.build_samples(
+        task,
+        [length],
+        list(depths),
+        1,
+        seed=7,
+        units=units,
+        count_tokens=lambda text: len(encode(tokenizer, render_prompt(text, tokenizer, fmt))),
+        gen_length=32,
+    )
+
+
+@pytest.mark.parametrize("task", longctx.TASKS)
+def test_long_context_samples_fill_the_budget_in_the_models_own_tokens(task):
+    tokenizer, chat = _dream_tokenizer(), PromptFormat(style="chat")
+    samples = _samples(task, tokenizer, chat)
+    assert samples == _samples(task, tokenizer, chat)  # a pure function of its inputs
+    for sample in samples:
+        total = len(encode(tokenizer, render_prompt(sample["input"], tokenizer, chat)))
+        assert total == sample["prompt_tokens"] and 512 - 32 - 25 < total <= 512 - 32
+        assert all(answer in sample["input"] or task == "variable_tracking" for answer in sample["answers"])
+    assert len({s["uid"] for s in samples}) == len(samples)
+
+
+def test_passkey_depth_places_the_needle():
+    tokenizer = ByteTokenizer(_model("llada").spec)
+    shallow, deep = _samples("passkey", tokenizer, PromptFormat(style="plain"), length=2048, depths=(0.0, 1.0))
+    key = shallow["answers"][0]
+    assert shallow["input"].index(f"The pass key is {key}") < 300
+    assert deep["input"].index(f"The pass key is {deep['answers'][0]}") > len(deep["input"]) - 400
+
+
+def test_variable_tracking_chain_is_in_order_and_natural_haystacks_work():
+    (sample,) = _samples(
+        "variable_tracking", _dream_tokenizer(), PromptFormat(style="plain"), depths=(0.5,), haystack="gsm8k"
+    )
+    names = sample["answers"]
+    positions = [sample["input"].index(f"VAR {name} =") for name in names]
+    assert positions == sorted(positions) and len(set(names)) == 5
