@@ -63,6 +63,11 @@ class RunStore:
         self.records: dict[str, dict] = {}
         self._load()
 
+    def reload(self) -> None:
+        """Re-read the samples file (other data-parallel ranks append to it too)."""
+        self.records = {}
+        self._load()
+
     def _load(self) -> None:
         if not self.samples_path.is_file():
             return

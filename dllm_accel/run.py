@@ -158,8 +158,9 @@ def evaluate(cfg: DictConfig) -> dict | None:
         decode_cfg = config["decode"]
         decode = DecodeFormat(**{**decode_cfg, "extra_until": tuple(decode_cfg["extra_until"])})
         tasks_dir = _prepare_tasks(config, run_dir, tokenizer, prompt)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         tracker = Tracker(
-            config["tracking"],
+            config["tracking"] if rank == 0 else "none",
             config["wandb_project"],
             run_dir,
             name=f"{model_cfg['name']}/{config['method']['name']}/{config['task']['name']}",
@@ -258,6 +259,7 @@ def _scores(results: dict) -> tuple[dict[str, dict], dict[str, dict]]:
 
 def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, meter: Meter, model) -> dict:
     scores, meta = _scores(results)
+    store.reload()
     records = store.finalize(scores)
     current = [r for r in records if r["key"] in scores]
     for record in current:

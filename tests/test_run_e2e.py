@@ -35,11 +35,12 @@ RATE_KEYS = {"samples", "seconds", "tokens_per_s", "forwards_per_s", "tokens_per
 ENVIRONMENT_KEYS = {"gpu", "driver", "cuda", "torch", "transformers", "lm_eval", "attention", "git", "dtype"}
 
 
-def _cli(tmp: Path, *overrides: str, background: bool = False):
+def _cli(tmp: Path, *overrides: str, background: bool = False, multirun: bool = False):
     command = [
         sys.executable,
         "-m",
         "dllm_accel.run",
+        *(["--multirun"] if multirun else []),
         "experiment=demo_tiny",
         f"results_root={tmp / 'results'}",
         f"hydra.run.dir={tmp / 'hydra'}",
@@ -128,3 +129,12 @@ def test_killed_run_resumes_to_the_uninterrupted_samples(reference, tmp_path):
     kept = {r["key"]: r["process"] for r in interrupted}
     assert all(r["process"] == kept[r["key"]] for r in resumed if r["key"] in kept)  # skipped, not regenerated
     assert not (samples.parent / "wandb").exists()  # tracking=none writes nothing
+
+
+def test_a_multirun_sweep_gives_each_point_its_own_results_and_wandb_run(tmp_path):
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    _cli(tmp_path, "method=vanilla,fast_dllm", "task.limit=2", "tracking=offline", sweep, multirun=True)
+    summaries = sorted((tmp_path / "results").rglob(SUMMARY))
+    assert [json.loads(p.read_text())["method"] for p in summaries] == ["fast_dllm", "vanilla"]
+    for path in summaries:
+        assert len(list((path.parent / "wandb").glob("offline-run-*"))) == 1  # finished before the next point
