@@ -224,9 +224,11 @@ def _prepare_tasks(config: dict, run_dir: Path, tokenizer, prompt: PromptFormat)
 
 
 def _simple_evaluate(lm, config: dict, tasks_dir: Path, prompt: PromptFormat) -> dict | None:
+    import datasets
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    datasets.disable_progress_bars()
     multiturn = prompt.style == "multiturn"
     return lm_eval.simple_evaluate(
         model=lm,

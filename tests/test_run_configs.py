@@ -142,3 +142,20 @@ def test_impossible_sampler_settings_fail_before_loading():
 def test_missing_data_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "gsm8k" / "test.jsonl.gz")):
         check_data("dllm_gsm8k", tmp_path)
+
+
+def test_rope_scaling_multiplies_theta():
+    import torch
+
+    from dllm_accel.models import load_model
+    from dllm_accel.run import scale_rope_theta
+
+    plain = load_model(tiny_checkpoint("llada"), dtype=torch.float32)
+    scaled = load_model(tiny_checkpoint("llada"), dtype=torch.float32)
+    scale_rope_theta(scaled, 4.0)
+    assert scaled.spec.rope_theta == 4 * plain.spec.rope_theta == scaled.blocks[0].spec.rope_theta
+    ids = torch.arange(40).unsqueeze(0)
+    with torch.no_grad():
+        assert not torch.allclose(plain(ids)[0], scaled(ids)[0])
+    with pytest.raises(ValueError, match="rope_scaling=0"):
+        scale_rope_theta(scaled, 0)

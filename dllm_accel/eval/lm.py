@@ -174,7 +174,8 @@ class DiffusionLM(LM):
                 continue
             until = gen_kwargs.get("until") or []
             pending.append(_Pending(i, request, text, hashed, key, [until] if isinstance(until, str) else list(until)))
-        bar = tqdm(total=len(pending), desc=f"{self.method} generate", disable=disable_tqdm or not self.progress)
+        label = requests[0].task_name if requests else ""
+        bar = tqdm(total=len(pending), desc=f"{label} {self.method}", disable=disable_tqdm or not self.progress)
         tokens, seconds = 0, 0.0
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
