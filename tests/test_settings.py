@@ -26,7 +26,7 @@ PROMPT = torch.tensor([[1664, 5, 6, 7]])
         (dict(gen_length=32, max_new_tokens=16), "gen_length=32 and max_new_tokens=16 disagree"),
         (dict(gen_length=32, temperature=-1.0), "temperature=-1.0 must be >= 0"),
         (dict(gen_length=32, top_p=1.5), "top_p=1.5 must be in (0, 1]"),
-        (dict(gen_length=32, sampler="mdlm"), "unknown sampler 'mdlm' (accepted: llada, dream)"),
+        (dict(gen_length=32, sampler="mdlm"), "unknown sampler 'mdlm' (accepted: llada, dream, dyllm)"),
         (dict(gen_length=32, confidence_dtype="half"), "unknown confidence_dtype 'half'"),
     ],
 )

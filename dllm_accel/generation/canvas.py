@@ -16,6 +16,8 @@ class Commit:
 
     index: torch.Tensor
     tokens: torch.Tensor
+    # [B, L] the policy's ranking score of each committed position (higher = earlier), when it ranks
+    confidence: torch.Tensor | None = None
 
     def counts(self) -> torch.Tensor:
         return self.index.sum(dim=1)
@@ -36,6 +38,7 @@ class Canvas:
     nfe: int = 0
     trajectory: list[torch.Tensor] | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    finished: torch.Tensor | None = None  # [B] bool rows stopped by the EOS early exit; None = never checked
 
     @classmethod
     def start(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..models.core import DiffusionTransformer
-from .canvas import Canvas
+from .canvas import Canvas, Commit
 from .policies import DecodingPolicy, build_policy
 from .settings import SamplerSettings
 
@@ -36,18 +36,51 @@ def denoise(
     canvas = Canvas.start(input_ids.to(model.device), attention_mask, resolved, model.spec)
     strategy.check(canvas)
     policy = strategy.decoding_policy(policy or build_policy(canvas), canvas)
+    if resolved.eos_early_exit:
+        canvas.finished = torch.zeros(canvas.x.shape[0], dtype=torch.bool, device=canvas.x.device)
     strategy.begin(model, canvas)
     for block in range(resolved.num_blocks):
+        if _all_finished(canvas):
+            break
         canvas.block, canvas.block_step = block, 0
         policy.begin_block(canvas)
         strategy.begin_block(model, canvas)
         while not policy.block_finished(canvas):
             logits, rows = strategy.forward(model, canvas)
-            commit = policy.select(logits, rows, canvas)
+            commit = _without_finished(policy.select(logits, rows, canvas), canvas)
             canvas.write(commit)
+            if canvas.finished is not None:
+                canvas.finished |= eos_exits(canvas, commit)
             strategy.after_commit(canvas, commit)
             canvas.block_step += 1
             canvas.step += 1
             if canvas.trajectory is not None:
                 canvas.trajectory.append(canvas.x.clone())
+            if _all_finished(canvas):
+                break
     return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
+
+
+def _all_finished(canvas: Canvas) -> bool:
+    return canvas.finished is not None and bool(canvas.finished.all())
+
+
+def _without_finished(commit: Commit, canvas: Canvas) -> Commit:
+    """Rows stopped by the EOS early exit take no more tokens."""
+    if canvas.finished is None:
+        return commit
+    return replace(commit, index=commit.index & ~canvas.finished[:, None])
+
+
+def eos_exits(canvas: Canvas, commit: Commit) -> torch.Tensor:
+    """[B] rows whose step committed EOS with no mask left before it (the DyLLM scheduler).
+
+    As there, only one committed EOS per row is checked: the first in the policy's ranking
+    (``commit.confidence``, ties to the left), or the leftmost when the policy does not rank.
+    """
+    hits = commit.index & (commit.tokens == canvas.spec.tokens.eos)
+    rank = hits.double() if commit.confidence is None else commit.confidence.double()
+    first = torch.where(hits, rank, -torch.inf).argmax(dim=1, keepdim=True)
+    masked = canvas.masked().long()
+    masks_before = (masked.cumsum(dim=1) - masked).gather(1, first).squeeze(1)
+    return hits.any(dim=1) & (masks_before == 0)

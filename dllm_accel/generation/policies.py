@@ -11,7 +11,8 @@ from abc import ABC, abstractmethod
 import torch
 
 from .canvas import Canvas, Commit
-from .schedules import LinearBlockSchedule, Schedule, TimestepSchedule
+from .dyllm_sampler import dyllm_sample, ranked_commit
+from .schedules import ConstantSchedule, LinearBlockSchedule, Schedule, TimestepSchedule
 from .scoring import dream_sample_tokens, llada_propose
 
 
@@ -138,9 +139,32 @@ class OriginPolicy(DecodingPolicy):
         return Commit(index=index, tokens=_scatter_block(canvas, block_tokens, s.mask_id))
 
 
+class DyLLMSamplerPolicy(ConfidencePolicy):
+    """The DyLLM engine's sampler (``sampler='dyllm'``): scores from ``dyllm_sample``,
+    committed in descending score order."""
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        x0, confidence = self.propose(logits, rows, canvas)
+        return ranked_commit(confidence, x0, self.schedule.count(canvas), canvas)
+
+    def propose(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> tuple[torch.Tensor, torch.Tensor]:
+        s = canvas.settings
+        masked = canvas.block_masked()
+        candidates = logits[:, _window(rows, canvas)][masked]
+        score, tokens = dyllm_sample(candidates, canvas.spec.family, s.temperature, s.top_k, s.top_p)
+        x0 = torch.full_like(masked, s.mask_id, dtype=torch.long)
+        conf = torch.full(masked.shape, -torch.inf, dtype=score.dtype, device=score.device)
+        x0[masked], conf[masked] = tokens, score
+        return _scatter_block(canvas, x0, s.mask_id), _scatter_block(canvas, conf, -torch.inf)
+
+
 def build_policy(canvas: Canvas) -> DecodingPolicy:
     """The official sampler's policy for these settings."""
     s = canvas.settings
+    if s.sampler == "dyllm":
+        return DyLLMSamplerPolicy(ConstantSchedule())
+    if s.constant_count:
+        return ConfidencePolicy(ConstantSchedule())
     if s.sampler == "llada":
         return ConfidencePolicy(LinearBlockSchedule())
     if s.alg == "origin":

@@ -63,3 +63,22 @@ class TimestepSchedule(Schedule):
         if i >= canvas.settings.steps_per_block - 1:
             return 1
         return 1 - self.timesteps[i + 1] / self.timesteps[i]
+
+
+class ConstantSchedule(Schedule):
+    """DyLLM engine: ``gen_length // steps`` per step whatever the block (never more than the
+    block's masks). A block ends when its masks are filled; generation ends after ``steps``
+    steps, even with masks left (possible when the count does not divide the block).
+    """
+
+    def count(self, canvas: Canvas) -> torch.Tensor:
+        per_step = canvas.settings.gen_length // canvas.settings.steps
+        return canvas.block_masked().sum(dim=1).clamp(max=per_step)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        if canvas.step >= canvas.settings.steps:
+            return True
+        masked = canvas.block_masked()
+        if canvas.finished is not None:
+            masked = masked[~canvas.finished]
+        return not bool(masked.any())

@@ -6,11 +6,13 @@ from dataclasses import dataclass, fields
 
 from ..models.spec import ModelSpec
 
-SAMPLERS = ("llada", "dream")
+SAMPLERS = ("llada", "dream", "dyllm")
 REMASKING = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CONFIDENCE_DTYPES = ("model", "float32", "float64")
 GUMBEL_VARIANTS = ("llada", "dllm_cache")
+# "sampler": the sampler family's own count rule; "constant": gen_length // steps per step (DyLLM)
+TRANSFER_SCHEDULES = ("sampler", "constant")
 
 
 class SettingsError(ValueError):
@@ -53,6 +55,10 @@ class SamplerSettings:
     mask_id: int | None = None
     legacy_ignore_attention_mask: bool = False
     output_history: bool = False
+    # DyLLM engine: ``sampler="dyllm"`` (its own count rule is "constant"); a row stops once it
+    # commits EOS with no mask before it (the remaining masks stay masks)
+    transfer_schedule: str = "sampler"
+    eos_early_exit: bool = False
 
     @classmethod
     def names(cls) -> set[str]:
@@ -75,7 +81,13 @@ class SamplerSettings:
         if gen % block:
             raise SettingsError(f"gen_length={gen} is not a multiple of block_length={block}")
         num_blocks = gen // block
-        if steps % num_blocks:
+        _one_of("transfer_schedule", self.transfer_schedule, TRANSFER_SCHEDULES)
+        constant = self.sampler == "dyllm" or self.transfer_schedule == "constant"
+        if constant and gen % steps:
+            raise SettingsError(
+                f"gen_length={gen} is not a multiple of steps={steps} (the constant schedule commits gen_length // steps per step)"
+            )
+        if not constant and steps % num_blocks:
             raise SettingsError(
                 f"steps={steps} is not divisible by the number of blocks {num_blocks} (gen_length {gen} / block_length {block})"
             )
@@ -101,6 +113,8 @@ class SamplerSettings:
             raise SettingsError(f"top_k={self.top_k} must be >= 1")
         if self.alg_temp is not None and self.alg_temp < 0:
             raise SettingsError(f"alg_temp={self.alg_temp} must be >= 0")
+        if constant and sampler == "dream" and self.alg == "origin":
+            raise SettingsError("alg='origin' commits each mask by chance and cannot follow transfer_schedule='constant'")
         return ResolvedSettings(
             raw=self,
             sampler=sampler,
@@ -126,6 +140,11 @@ class ResolvedSettings:
 
     def __getattr__(self, name: str):
         return getattr(self.raw, name)
+
+    @property
+    def constant_count(self) -> bool:
+        """Commit ``gen_length // steps`` every step (the DyLLM engine) instead of the sampler's schedule."""
+        return self.sampler == "dyllm" or self.raw.transfer_schedule == "constant"
 
 
 def _positive_int(name: str, value: int) -> None:

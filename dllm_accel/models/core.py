@@ -63,6 +63,16 @@ class Block(nn.Module):
         b, t, _ = h.shape
         return self.v_proj(h).view(b, t, self.spec.n_kv_heads, self.spec.head_dim).transpose(1, 2)
 
+    def query(self, h: torch.Tensor) -> torch.Tensor:
+        """Q alone [B, H, T, D], before RoPE, for methods that project keys for fewer rows than queries."""
+        b, t, _ = h.shape
+        return self.q_proj(h).view(b, t, self.spec.n_heads, self.spec.head_dim).transpose(1, 2)
+
+    def key(self, h: torch.Tensor) -> torch.Tensor:
+        """K alone [B, H_kv, T, D], before RoPE."""
+        b, t, _ = h.shape
+        return self.k_proj(h).view(b, t, self.spec.n_kv_heads, self.spec.head_dim).transpose(1, 2)
+
     def rope(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
         return table.apply(x)
 

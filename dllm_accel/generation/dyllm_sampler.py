@@ -1,0 +1,75 @@
+"""The DyLLM engine's sampler (``sampler="dyllm"``): token, score and commit order.
+
+It differs from both official samplers: no Gumbel noise, top-k then top-p applied whenever
+set (``top_p=1.0`` included, which can still cut a rounding tail), the score fixed by the
+model family (LLaDA max probability, Dream negative entropy), and candidates committed in
+descending score order, dropping those without a score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .canvas import Canvas, Commit
+
+# The engine treats temperatures at or below this as greedy.
+GREEDY_TEMPERATURE = 1e-6
+
+
+def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter in the logits' dtype; the bound is an fp32 tensor, as the engine passes it."""
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    bound = torch.full((logits.shape[0], 1), top_p, dtype=torch.float32, device=logits.device)
+    drop = cumulative > bound
+    drop[..., 1:] = drop[..., :-1].clone()
+    drop[..., 0] = False
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def dyllm_sample(
+    logits: torch.Tensor, family: str, temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(score, token)`` for candidate logits [N, V].
+
+    A temperature divides by an fp32 [N, 1] tensor, so 16-bit logits continue in fp32;
+    greedy runs keep the model dtype (softmax and entropy included). LLaDA takes the
+    argmax token even when a temperature is set (only its score changes); Dream samples.
+    """
+    sampled = temperature > GREEDY_TEMPERATURE
+    if sampled:
+        logits = logits / torch.full((logits.shape[0], 1), temperature, dtype=torch.float32, device=logits.device)
+    if top_k is not None:
+        logits = _top_k(logits, top_k)
+    if top_p is not None:
+        logits = _top_p(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    top_probs, tokens = probs.max(dim=-1)
+    if family == "llada":
+        return top_probs, tokens
+    if sampled and probs.shape[0]:
+        try:
+            tokens = torch.distributions.Categorical(probs=probs).sample()
+        except (ValueError, RuntimeError):  # the engine keeps the argmax when sampling fails
+            pass
+    return (probs * torch.log(probs + 1e-10)).sum(dim=-1), tokens
+
+
+def ranked_commit(confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tensor, canvas: Canvas) -> Commit:
+    """Per row the first ``counts[b]`` candidates by descending score, -inf never.
+
+    Ties keep position order (a stable sort); the engine's CUDA sort is unstable, so its
+    tie order is not reproducible anyway.
+    """
+    order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    index = (rank < counts[:, None]) & torch.isfinite(confidence) & canvas.masked()
+    return Commit(index=index, tokens=x0, confidence=confidence)
