@@ -68,7 +68,7 @@ class SparseDLLMConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class PassRecord:
-    """What one forward pass cost: keys each layer attended to, and attention FLOPs."""
+    """What one forward pass cost per sequence: keys each layer attended to, and attention FLOPs."""
 
     step: int
     block: int
@@ -169,17 +169,17 @@ class SparseDLLM(ForwardStrategy):
         self.cache.store(layer, candidates[kept], k, v, canvas.key_mask)
 
     def _record(self, model: DiffusionTransformer, canvas: Canvas, kind: str, queries: int, keys: int) -> None:
-        spec, batch = model.spec, canvas.x.shape[0]
-        per_layer = 4 * batch * spec.n_heads * spec.head_dim * queries * keys
-        dense = 4 * batch * spec.n_heads * spec.head_dim * canvas.length * canvas.length
+        """Count the pass; FLOPs are per sequence (QK^T and AV, 2 per multiply-add), so they average over samples."""
+        spec = model.spec
+        per_pair = 4 * spec.n_heads * spec.head_dim * spec.n_layers
         record = PassRecord(
-            canvas.step, canvas.block, canvas.block_step, kind, (keys,) * spec.n_layers, per_layer * spec.n_layers
+            canvas.step, canvas.block, canvas.block_step, kind, (keys,) * spec.n_layers, per_pair * queries * keys
         )
         self.trace.append(record)
         canvas.nfe += 1
         stats = canvas.stats
         stats["attention_flops"] += record.attention_flops
-        stats["attention_flops_dense"] += dense * spec.n_layers
+        stats["attention_flops_dense"] += per_pair * canvas.length * canvas.length
         stats["sparse_passes" if kind == "sparse" else "dense_passes"] += 1
 
 
