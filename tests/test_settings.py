@@ -20,7 +20,7 @@ PROMPT = torch.tensor([[1664, 5, 6, 7]])
         (dict(gen_length=32, block_length=8, steps=6), "steps=6 is not divisible by the number of blocks 4"),
         (dict(gen_length=4096, steps=4096), "exceeds the model's context of 4096"),
         (dict(gen_length=32, steps=32, remasking="lowest"), "unknown remasking 'lowest' (accepted: low_confidence, random)"),
-        (dict(gen_length=32, steps=32, alg="greedy"), "unknown alg 'greedy' (accepted: origin, maskgit_plus, topk_margin, entropy)"),
+        (dict(gen_length=32, steps=32, alg="greedy"), "unknown alg 'greedy' (accepted: origin, maskgit_plus, topk_margin, entropy, confidence_threshold)"),
         (dict(gen_length=32, steps=0), "steps=0 must be a positive integer"),
         (dict(steps=8), "gen_length (or max_new_tokens) is required"),
         (dict(gen_length=32, max_new_tokens=16), "gen_length=32 and max_new_tokens=16 disagree"),

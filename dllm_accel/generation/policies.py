@@ -165,6 +165,11 @@ def build_policy(canvas: Canvas) -> DecodingPolicy:
         return DyLLMSamplerPolicy(ConstantSchedule())
     if s.constant_count:
         return ConfidencePolicy(ConstantSchedule())
+    from .parallel import parallel_policy  # Fast-dLLM's rules build on the classes above
+
+    parallel = parallel_policy(canvas)
+    if parallel is not None:
+        return parallel
     if s.sampler == "llada":
         return ConfidencePolicy(LinearBlockSchedule())
     if s.alg == "origin":

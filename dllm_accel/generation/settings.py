@@ -8,7 +8,8 @@ from ..models.spec import ModelSpec
 
 SAMPLERS = ("llada", "dream", "dyllm")
 REMASKING = ("low_confidence", "random")
-DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+# confidence_threshold: Fast-dLLM's parallel Dream decoding (generation/parallel.py)
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "confidence_threshold")
 CONFIDENCE_DTYPES = ("model", "float32", "float64")
 GUMBEL_VARIANTS = ("llada", "dllm_cache")
 # "sampler": the sampler family's own count rule; "constant": gen_length // steps per step (DyLLM)
@@ -59,6 +60,14 @@ class SamplerSettings:
     # commits EOS with no mask before it (the remaining masks stay masks)
     transfer_schedule: str = "sampler"
     eos_early_exit: bool = False
+    # Fast-dLLM parallel decoding (generation/parallel.py). LLaDA: commit every candidate with
+    # confidence >= threshold plus the best one; or, with factor (which wins over threshold, as
+    # there), the ranks before the first r with c_r < 1 - factor/(r+1), and all ranks when that
+    # r is the last (factor_last_rank_quirk, the official off-by-one). Dream: the tau of
+    # alg="confidence_threshold" (None = 0.9, diffusion_generate's default).
+    threshold: float | None = None
+    factor: float | None = None
+    factor_last_rank_quirk: bool = True
 
     @classmethod
     def names(cls) -> set[str]:
@@ -115,6 +124,7 @@ class SamplerSettings:
             raise SettingsError(f"alg_temp={self.alg_temp} must be >= 0")
         if constant and sampler == "dream" and self.alg == "origin":
             raise SettingsError("alg='origin' commits each mask by chance and cannot follow transfer_schedule='constant'")
+        _check_parallel(self, sampler, constant)
         return ResolvedSettings(
             raw=self,
             sampler=sampler,
@@ -145,6 +155,22 @@ class ResolvedSettings:
     def constant_count(self) -> bool:
         """Commit ``gen_length // steps`` every step (the DyLLM engine) instead of the sampler's schedule."""
         return self.sampler == "dyllm" or self.raw.transfer_schedule == "constant"
+
+
+def _check_parallel(settings: SamplerSettings, sampler: str, constant: bool) -> None:
+    """Fast-dLLM's threshold and factor rules: ranges, and the samplers that have them."""
+    threshold, factor = settings.threshold, settings.factor
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise SettingsError(f"threshold={threshold} must be in [0, 1]")
+    if factor is not None and not factor > 0:
+        raise SettingsError(f"factor={factor} must be > 0")
+    dream_threshold = sampler == "dream" and settings.alg == "confidence_threshold"
+    if constant and (threshold is not None or factor is not None or dream_threshold):
+        raise SettingsError("threshold / factor / alg='confidence_threshold' replace the count schedule and cannot follow the constant one")
+    if sampler == "dream" and factor is not None:
+        raise SettingsError(f"factor={factor} is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'")
+    if sampler == "dream" and threshold is not None and not dream_threshold:
+        raise SettingsError(f"threshold={threshold} is read by Dream only with alg='confidence_threshold' (got alg={settings.alg!r})")
 
 
 def _positive_int(name: str, value: int) -> None:

@@ -1,0 +1,272 @@
+"""Fast-dLLM's parallel decoding rules, as policies any forward strategy can use.
+
+LLaDA (``sampler='llada'``, Fast-dLLM ``llada/generate.py``):
+
+- ``threshold``: every candidate whose confidence is at least tau, plus the most
+  confident one, so a step always commits something.
+- ``factor``: with sorted confidences c_1 >= ... >= c_n, commit the ranks before the first
+  r with c_r < 1 - f/(r+1) (rank 1 always passes). The official loop also commits every
+  rank when the first failure is the last rank (``factor_last_rank_quirk``).
+
+Candidates are the masks from the first row the strategy computed up to the block end,
+as the official code ranks its forward's rows: a full pass also sees masks an earlier
+block left behind (only Fast-dLLM's capped dual cache leaves any).
+
+Dream (Fast-dLLM ``dream/model/``):
+
+- ``QuotaThresholdPolicy``: ``alg='confidence_threshold'`` without cache
+  (``generation_utils.py``): a quota of masks/steps per step plus the ranks rejected at the
+  step before; a rejection on the last step extends the loop by a step.
+- ``DreamBlockPolicy``: the cached block sampler (``generation_utils_block.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .canvas import Canvas, Commit
+from .policies import DecodingPolicy, top_k_commit
+from .schedules import TimestepSchedule
+from .scoring import dream_sample_tokens, llada_propose
+from .settings import SettingsError
+
+# Dream's ``diffusion_generate`` reads ``threshold`` with this default
+DREAM_DEFAULT_THRESHOLD = 0.9
+
+
+def dream_threshold(canvas: Canvas) -> float:
+    threshold = canvas.settings.threshold
+    return DREAM_DEFAULT_THRESHOLD if threshold is None else threshold
+
+
+def block_done(canvas: Canvas) -> bool:
+    """No masks left in the block, rows stopped by the EOS early exit aside."""
+    masked = canvas.block_masked()
+    if canvas.finished is not None:
+        masked = masked[~canvas.finished]
+    return not bool(masked.any())
+
+
+def score_range(
+    logits: torch.Tensor, rows: slice, canvas: Canvas, start: int, stop: int, alg: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens and confidences for the masks in [start, stop), as full-length [B, L] tensors.
+
+    Returns ``(x0, confidence, candidates)``; confidence is -inf off the candidates. LLaDA
+    scores with ``llada_propose`` (noise over all computed rows); Dream with
+    ``sample_tokens`` over exactly the candidates, with ``alg`` overriding the settings'.
+    """
+    s = canvas.settings
+    first = rows.start or 0
+    if start < first or stop > (rows.stop or canvas.length):
+        raise ValueError(f"strategy computed rows {rows} that do not cover positions [{start}, {stop})")
+    window = slice(start - first, stop - first)
+    masked = canvas.x[:, start:stop] == s.mask_id
+    if s.sampler == "llada":
+        x0, conf = llada_propose(logits, window, s, canvas.spec)
+    else:
+        x0 = torch.full_like(masked, s.mask_id, dtype=torch.long)
+        conf = torch.full(masked.shape, -torch.inf, dtype=logits.dtype, device=logits.device)
+        c, tokens = dream_sample_tokens(logits[:, window][masked], s.temperature, s.top_p, s.top_k, alg or s.alg)
+        x0[masked], conf[masked] = tokens, c.to(conf.dtype)
+    conf = conf.masked_fill(~masked, -torch.inf)
+    full_x0 = torch.full_like(canvas.x, s.mask_id)
+    full_conf = torch.full(canvas.x.shape, -torch.inf, dtype=conf.dtype, device=conf.device)
+    candidates = torch.zeros_like(canvas.x, dtype=torch.bool)
+    full_x0[:, start:stop], full_conf[:, start:stop], candidates[:, start:stop] = x0, conf, masked
+    return full_x0, full_conf, candidates
+
+
+def threshold_commit(x0: torch.Tensor, confidence: torch.Tensor, candidates: torch.Tensor, threshold: float) -> Commit:
+    """Every candidate with confidence >= threshold, plus each row's most confident one."""
+    index = candidates & (confidence >= threshold)
+    best = torch.zeros_like(index).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
+    return Commit(index=index | (best & candidates), tokens=x0, confidence=confidence)
+
+
+def factor_count(ranked: torch.Tensor, factor: float, last_rank_quirk: bool) -> int:
+    """How many of the descending confidences ``ranked`` the factor rule commits."""
+    n = ranked.shape[0]
+    if n == 0:
+        return 0
+    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=ranked.device)
+    bounds = 1 - factor / (ranks + 1)
+    bounds[0] = -1
+    failures = (ranked < bounds).nonzero()
+    if failures.numel() == 0:
+        return n
+    first = int(failures[0])
+    return n if last_rank_quirk and first == n - 1 else first
+
+
+class _LLaDAParallelPolicy(DecodingPolicy):
+    """Shared by the LLaDA rules: candidates and the end of a block."""
+
+    def begin_block(self, canvas: Canvas) -> None:
+        behind = canvas.masked()[:, canvas.prompt_length : canvas.block_start].any(dim=0).nonzero()
+        self.first_candidate = canvas.prompt_length + int(behind[0]) if behind.numel() else canvas.block_start
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return block_done(canvas)
+
+    def scores(
+        self, logits: torch.Tensor, rows: slice, canvas: Canvas
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        start = max(rows.start or 0, self.first_candidate)
+        return score_range(logits, rows, canvas, start, canvas.block_end)
+
+
+class ThresholdPolicy(_LLaDAParallelPolicy):
+    """Fast-dLLM ``threshold``: every candidate with confidence >= tau, and the best one."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        return threshold_commit(*self.scores(logits, rows, canvas), self.threshold)
+
+
+class FactorPolicy(_LLaDAParallelPolicy):
+    """Fast-dLLM ``factor``: as many top candidates as ``factor_count`` allows."""
+
+    def __init__(self, factor: float, last_rank_quirk: bool = True) -> None:
+        self.factor = factor
+        self.last_rank_quirk = last_rank_quirk
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        x0, confidence, candidates = self.scores(logits, rows, canvas)
+        counts = [
+            factor_count(confidence[b][candidates[b]].sort(descending=True).values, self.factor, self.last_rank_quirk)
+            for b in range(candidates.shape[0])
+        ]
+        commit = top_k_commit(confidence, x0, torch.tensor(counts), canvas, rows)
+        return Commit(index=commit.index, tokens=x0, confidence=confidence)
+
+
+class QuotaThresholdPolicy(DecodingPolicy):
+    """Dream ``confidence_threshold`` without cache: a quota per step, rejections carried.
+
+    Each step ranks the block's masks and looks at the top ``quota + carry``: rank 1 is
+    always committed, any other rank below tau is rejected and carried to the next step.
+    Rejections on a row's last scheduled step set its quota to 0 and add one step, so the
+    block ends exactly when its masks are filled. Per row, so batches equal batch 1 (the
+    official code takes batch 1 only).
+    """
+
+    def begin_block(self, canvas: Canvas) -> None:
+        steps = canvas.settings.steps_per_block
+        masks = canvas.block_masked().sum(dim=1)
+        if bool((masks % steps).any()):
+            raise SettingsError(
+                f"alg='confidence_threshold' needs the block's masks ({masks.tolist()}) divisible by its "
+                f"{steps} steps (the official code asserts masks % steps == 0)"
+            )
+        self.quota = masks // steps
+        self.carry = torch.zeros_like(self.quota)
+        self.last_step = torch.full_like(self.quota, steps - 1)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return block_done(canvas)
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        x0, confidence, candidates = score_range(logits, rows, canvas, canvas.block_start, canvas.block_end)
+        threshold = dream_threshold(canvas)
+        offset = rows.start or 0
+        index = torch.zeros_like(candidates)
+        for b, k in enumerate((self.quota + self.carry).tolist()):
+            if k == 0 or not bool(candidates[b].any()):
+                continue
+            values, order = torch.topk(confidence[b, rows], k)
+            keep = values >= threshold
+            rejected = int((~keep[1:]).sum())
+            keep[0] = True
+            index[b, offset + order[keep]] = True
+            if rejected and canvas.block_step == int(self.last_step[b]):
+                self.quota[b] = 0
+                self.last_step[b] += 1
+            self.carry[b] = rejected
+        return Commit(index=index & candidates, tokens=x0, confidence=confidence)
+
+
+class DreamBlockPolicy(DecodingPolicy):
+    """Fast-dLLM's cached Dream sampler (``generation_utils_block.py``), step by step.
+
+    - Step 0 (the block's refresh pass) commits only the block's first position, with the
+      token ``sample_tokens`` gives it, whatever its confidence (Fast-dLLM issue #61):
+      cached passes start at the block, so they cannot see that position's predictor.
+    - ``alg='confidence_threshold'``: later steps commit the block's masks with confidence
+      >= tau plus the best one, until the block is full.
+    - Any other alg: step i >= 1 commits ``int(m * (1 - s/t))`` of the block's m masks on
+      ``linspace(1, eps, steps_per_block + 1)`` (all of them at ``i = steps_per_block - 1``),
+      ranked by neg-entropy whatever ``alg`` says (``hardcoded_entropy``); a pass at
+      ``i = steps_per_block`` commits nothing and ends the block, which only happens with
+      one step per block and then leaves masks behind.
+    """
+
+    def __init__(self, hardcoded_entropy: bool = True) -> None:
+        self.hardcoded_entropy = hardcoded_entropy
+        self.schedule = TimestepSchedule()
+
+    def begin_block(self, canvas: Canvas) -> None:
+        self.schedule.begin_block(canvas)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        if block_done(canvas):
+            return True
+        return canvas.settings.alg != "confidence_threshold" and canvas.block_step > canvas.settings.steps_per_block
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        s = canvas.settings
+        if canvas.block_step == 0:
+            return self._first_position(logits, rows, canvas)
+        if s.alg == "confidence_threshold":
+            # the official code samples every mask of the pass (RNG order), then keeps the block
+            x0, confidence, candidates = score_range(
+                logits, rows, canvas, canvas.block_start, rows.stop or canvas.length
+            )
+            in_block = torch.zeros_like(candidates)
+            in_block[:, canvas.block_slice] = True
+            confidence = confidence.masked_fill(~in_block, -torch.inf)
+            return threshold_commit(x0, confidence, candidates & in_block, dream_threshold(canvas))
+        if canvas.block_step >= s.steps_per_block:
+            return Commit(index=torch.zeros_like(canvas.x, dtype=torch.bool), tokens=canvas.x)
+        alg = "entropy" if self.hardcoded_entropy else s.alg
+        x0, confidence, _ = score_range(logits, rows, canvas, canvas.block_start, canvas.block_end, alg)
+        counts = self.schedule.count(canvas)
+        if not s.alg_temp:
+            commit = top_k_commit(confidence, x0, counts, canvas, rows)
+            return Commit(index=commit.index, tokens=x0, confidence=confidence)
+        index = torch.zeros_like(canvas.x, dtype=torch.bool)
+        n = int(counts[0])
+        if n > 0:
+            probs = torch.softmax(confidence[:, rows] / s.alg_temp, dim=-1)
+            index[:, rows] = index[:, rows].scatter(1, torch.multinomial(probs, num_samples=n), True)
+        return Commit(index=index & canvas.masked(), tokens=x0, confidence=confidence)
+
+    @staticmethod
+    def _first_position(logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        s = canvas.settings
+        at = canvas.block_start - (rows.start or 0)
+        if s.temperature > 0:
+            # the official code samples every position of the pass (RNG order), then keeps one
+            _, tokens = dream_sample_tokens(logits.reshape(-1, logits.shape[-1]), s.temperature, s.top_p, s.top_k)
+            token = tokens.view(logits.shape[0], -1)[:, at]
+        else:
+            _, token = dream_sample_tokens(logits[:, at], s.temperature, s.top_p, s.top_k)
+        index = torch.zeros_like(canvas.x, dtype=torch.bool)
+        index[:, canvas.block_start] = canvas.x[:, canvas.block_start] == s.mask_id
+        tokens = canvas.x.clone()
+        tokens[:, canvas.block_start] = token
+        return Commit(index=index, tokens=tokens)
+
+
+def parallel_policy(canvas: Canvas) -> DecodingPolicy | None:
+    """The Fast-dLLM rule these settings ask for, or None when they ask for none."""
+    s = canvas.settings
+    if s.sampler == "llada" and s.factor is not None:
+        return FactorPolicy(s.factor, s.factor_last_rank_quirk)
+    if s.sampler == "llada" and s.threshold is not None:
+        return ThresholdPolicy(s.threshold)
+    if s.sampler == "dream" and s.alg == "confidence_threshold":
+        return QuotaThresholdPolicy()
+    return None
