@@ -30,6 +30,15 @@ SAMPLER = {"gen_length": 32, "steps": 32, "block_length": 8}
 BATCH_DEPENDENT = {"sparse_dllm": "keeps floor(keep_ratio * (L - block)) keys, and L counts the batch's padding"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from threads, and on a shared 2-core host they oversubscribe."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @cache
 def _model(family: str):
     return load_model(tiny_checkpoint(family), dtype=torch.float32)
