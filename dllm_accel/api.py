@@ -24,9 +24,11 @@ def generate(
     ``settings`` are sampler options under their official names (``steps``,
     ``gen_length``/``max_new_tokens``, ``block_length``, ``temperature``, ``cfg_scale``,
     ``remasking``, ``alg``, ...; see ``SamplerSettings``) and, when ``method`` is a name,
-    that method's own config fields.
+    that method's own config fields. A name that is both goes to the named method (DyLLM's
+    saliency ``threshold`` versus the sampler's decoding one); to give it to the sampler,
+    pass a built strategy as ``method``.
     """
-    sampler_names = SamplerSettings.names()
+    sampler_names = SamplerSettings.names() - (config_fields(method) if isinstance(method, str) else set())
     sampler = {k: v for k, v in settings.items() if k in sampler_names}
     rest = {k: v for k, v in settings.items() if k not in sampler_names}
     if isinstance(method, str):

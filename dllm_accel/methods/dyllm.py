@@ -273,11 +273,13 @@ class DyLLM(ForwardStrategy):
     def _summarise(self, canvas: Canvas) -> None:
         kinds = [r.kind for r in self.trace]
         canvas.stats.update({f"dyllm_{k}_steps": float(kinds.count(k)) for k in (FULL, SPARSE, PRUNED)})
-        fractions = torch.tensor([f for r in self.trace for f in r.fractions], dtype=torch.float64)
+        fractions = self.salient_fractions
         if fractions.numel():
             canvas.stats["salient_fraction_mean"] = float(fractions.mean())
             for q in (0.1, 0.5, 0.9):
                 canvas.stats[f"salient_fraction_p{int(q * 100)}"] = float(fractions.quantile(q))
+            for layer, value in enumerate(fractions.mean(dim=0).tolist()):
+                canvas.stats[f"salient_fraction_layer{layer}"] = value
 
     @property
     def salient_fractions(self) -> torch.Tensor:
