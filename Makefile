@@ -6,7 +6,13 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean reproduce sweep tables figures
+
+# `make reproduce` runs every paper-table experiment then the tables and figures; SCOPE=smoke runs
+# them on the tiny checkpoints on CPU (results/smoke/), TABLE=<experiment> runs one, LAUNCHER=slurm_1gpu
+# sends each table to SLURM. `make sweep NAME=dyllm` runs conf/experiment/sweep_dyllm.yaml.
+SCOPE ?= full
+REPRODUCE = $(PY) experiments/reproduce.py --scope $(SCOPE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +31,19 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+reproduce: $(STAMP)
+	$(REPRODUCE) $(if $(TABLE),--table $(TABLE))
+
+sweep: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make sweep NAME=<x> (conf/experiment/sweep_<x>.yaml)"; exit 2; }
+	$(REPRODUCE) --experiment sweep_$(NAME)
+
+tables: $(STAMP)
+	$(REPRODUCE) --only tables
+
+figures: $(STAMP)
+	$(REPRODUCE) --only figures
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

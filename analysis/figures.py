@@ -2,9 +2,9 @@
 
 - ``pareto_<model>_<task>``: accuracy against throughput, every method and sweep point, with
   the Pareto front;
-- ``length_<model>``: throughput and peak memory against sequence length (the layout of
-  Sparse-dLLM's Fig. 5), the paper's curves dashed beside ours;
-- ``longctx_<model>_<task>``: long-context accuracy by context length and needle depth;
+- ``length_<experiment>_<model>``: throughput and peak memory against sequence length (the
+  layout of Sparse-dLLM's Fig. 5), the paper's curves dashed beside ours;
+- ``heatmap_<experiment>_<model>_<task>``: long-context accuracy by context length and needle depth;
 - ``recompute_<model>``: the fraction of token rows each layer recomputes, for the reuse methods.
 
     python -m analysis.figures --results results/runs --out results/figures
@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .catalog import METHOD_ORDER, method_rank  # noqa: E402
-from .reported import REPORTED_DIR, load_reported, parse_setting  # noqa: E402
-from .store import load_runs, load_samples, measure_groups  # noqa: E402
+from .catalog import BY_EXPERIMENT, METHOD_ORDER, PaperTable, method_rank
+from .reported import REPORTED_DIR, load_reported, parse_setting
+from .store import load_runs, load_samples, measure_groups
 
 DEFINITION_TEXT = {
     "all_positions": "all generated positions",
@@ -46,12 +46,12 @@ def color(label: str) -> tuple:
 
 def save(fig: plt.Figure, out: Path, name: str, banner: str | None) -> list[Path]:
     if banner:
-        fig.text(0.5, 0.005, banner, ha="center", va="bottom", fontsize=8, color="firebrick")
-    fig.tight_layout(rect=(0, 0.03 if banner else 0, 1, 1))
+        fig.text(0.5, 0.005, textwrap.fill(banner, 110), ha="center", va="bottom", fontsize=7, color="firebrick")
+    fig.tight_layout(rect=(0, 0.05 if banner else 0, 1, 1))
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -87,26 +87,31 @@ def _varying(points: pd.DataFrame) -> list[str]:
     return [c for c in candidates if c in points.columns and points[c].astype(str).nunique() > 1]
 
 
+MARKERS = "os^vDPX*hp<>"
+
+
 def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition: str = "all_positions") -> list[Path]:
+    """Colour = method, marker = experiment; the front's points are ringed and named."""
     column = f"throughput_{definition}"
     usable = runs.dropna(subset=["accuracy", column]) if not runs.empty else runs
     paths = []
     for (model, task), group in usable.groupby(["model", "task"]):
-        fig, ax = plt.subplots(figsize=(7, 4.8))
-        for label in sorted(group["label"].unique(), key=method_rank):
-            mine = group[group["label"] == label]
-            ax.scatter(mine[column], mine["accuracy"], s=46, color=color(label), label=label, zorder=3,
+        fig, ax = plt.subplots(figsize=(8, 5.2))
+        experiments = sorted(group["experiment"].unique())
+        marker = {e: MARKERS[i % len(MARKERS)] for i, e in enumerate(experiments)}
+        for (label, experiment), mine in group.groupby(["label", "experiment"]):
+            ax.scatter(mine[column], mine["accuracy"], s=46, color=color(label), marker=marker[experiment], zorder=3,
                        edgecolor="black", linewidth=0.4)
-            varying = _varying(mine)
-            for _, row in mine.iterrows():
-                note = _point_note(row, varying)
-                if note:
-                    ax.annotate(note, (row[column], row["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                                fontsize=7, color="dimgray")
         front = pareto_front(group, column, "accuracy")
         ax.plot(front[column], front["accuracy"], color="black", linestyle="--", linewidth=1, marker="o",
-                markersize=13, markerfacecolor="none", label="Pareto front (no point is faster and more accurate)",
-                zorder=2)
+                markersize=14, markerfacecolor="none", zorder=2)
+        varying = _varying(group)
+        middle = front[column].median()
+        for _, row in front.iterrows():
+            note = ", ".join(p for p in (row["label"], _point_note(row, varying)) if p)
+            right = row[column] > middle
+            ax.annotate(note, (row[column], row["accuracy"]), textcoords="offset points", xytext=(-8 if right else 8, 8),
+                        ha="right" if right else "left", fontsize=7, color="dimgray")
         spread = group[column].max() / max(group[column].min(), 1e-9)
         if spread > 10:
             ax.set_xscale("log")
@@ -114,42 +119,58 @@ def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{model} · {task}: accuracy vs throughput ({len(group)} runs)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        _pareto_legends(ax, sorted(group["label"].unique(), key=method_rank), marker)
         paths += save(fig, out, f"pareto_{model}_{task}", banner)
     return paths
 
 
+def _pareto_legends(ax: plt.Axes, labels: list[str], marker: dict[str, str]) -> None:
+    from matplotlib.lines import Line2D
+
+    methods = [Line2D([], [], linestyle="", marker="o", color=color(label), markeredgecolor="black", label=label)
+               for label in labels]
+    methods.append(Line2D([], [], linestyle="--", marker="o", color="black", markerfacecolor="none", markersize=10,
+                          label="Pareto front"))
+    first = ax.legend(handles=methods, title="method", fontsize=7, title_fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))
+    ax.add_artist(first)
+    shapes = [Line2D([], [], linestyle="", marker=m, color="gray", label=e) for e, m in marker.items()]
+    ax.legend(handles=shapes, title="experiment", fontsize=7, title_fontsize=8, loc="lower left",
+              bbox_to_anchor=(1.01, 0.0))
+
+
 def length_points(samples: pd.DataFrame) -> pd.DataFrame:
-    """Throughput (all positions) and mean peak memory per run and context length."""
+    """Throughput (every count) and mean peak memory per run and context length."""
     if samples.empty or samples["target_len"].isna().all():
         return pd.DataFrame()
     chosen = samples[samples["target_len"].notna() & (samples["status"] == "ok")]
     grouped = measure_groups(chosen, ["run_dir", "target_len"])
-    labels = chosen.drop_duplicates("run_dir")[["run_dir", "model", "label"]]
+    labels = chosen.drop_duplicates("run_dir")[["run_dir", "experiment", "model", "label", "rope_scaling"]]
     return grouped.merge(labels, on="run_dir")
 
 
 def length_figures(samples: pd.DataFrame, reported: pd.DataFrame | None, out: Path, banner: str | None) -> list[Path]:
+    """One figure per (experiment, model); Sparse-dLLM Fig. 5's curves beside its reproduction."""
     points = length_points(samples)
     if points.empty:
         return []
-    paper = reported[(reported["paper"] == "sparse_dllm") & (reported["table"] == "fig5")] if reported is not None else None
     paths = []
-    for model, group in points.groupby("model"):
+    for (experiment, model), group in points.groupby(["experiment", "model"]):
         fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.4))
-        for label in sorted(group["label"].unique(), key=method_rank):
-            mine = group[group["label"] == label].groupby("target_len").mean(numeric_only=True).reset_index()
-            speed.plot(mine["target_len"], mine["throughput_all_positions"], marker="o", color=color(label),
-                       label=f"{label} (ours)")
+        for (label, scaling), mine in sorted(group.groupby(["label", "rope_scaling"]), key=lambda kv: method_rank(kv[0][0])):
+            mine = mine.groupby("target_len").mean(numeric_only=True).reset_index()
+            name = label + ("" if scaling == 1.0 else f", RoPE θ×{scaling:g}") + " (ours)"
+            speed.plot(mine["target_len"], mine["throughput_all_positions"], marker="o", color=color(label), label=name)
             if mine["peak_memory_gib"].notna().any():
-                memory.plot(mine["target_len"], mine["peak_memory_gib"], marker="o", color=color(label),
-                            label=f"{label} (ours)")
-        has_paper = paper is not None and (paper["model"] == model).any()
-        if has_paper:
-            _paper_lengths(paper[paper["model"] == model], speed, memory)
+                memory.plot(mine["target_len"], mine["peak_memory_gib"], marker="o", color=color(label), label=name)
+        table = BY_EXPERIMENT.get(experiment)
+        paper = None
+        if reported is not None and table is not None and "fig5" in table.tables and table.paper == "sparse_dllm":
+            paper = reported[(reported["paper"] == "sparse_dllm") & (reported["table"] == "fig5") & (reported["model"] == model)]
+            _paper_lengths(paper, table, speed, memory)
         if not group["peak_memory_gib"].notna().any():
-            memory.text(0.5, 0.5, "peak memory not measured\n(no CUDA device in these runs)", ha="center",
-                        va="center", transform=memory.transAxes, color="dimgray")
+            memory.text(0.98, 0.02, "our peak memory not measured (no CUDA device)", ha="right", va="bottom",
+                        transform=memory.transAxes, color="dimgray", fontsize=8)
         speed.set_ylabel("throughput (tokens/s, all generated positions)")
         memory.set_ylabel("peak GPU memory allocated (GiB)")
         for ax, what in ((speed, "throughput"), (memory, "peak memory")):
@@ -158,20 +179,22 @@ def length_figures(samples: pd.DataFrame, reported: pd.DataFrame | None, out: Pa
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        if has_paper:
+        if paper is not None and len(paper):
             speed.set_yscale("log")
-        paths += save(fig, out, f"length_{model}", banner)
+        fig.suptitle(f"experiment {experiment}", fontsize=9)
+        paths += save(fig, out, f"length_{experiment}_{model}", banner)
     return paths
 
 
-def _paper_lengths(paper: pd.DataFrame, speed: plt.Axes, memory: plt.Axes) -> None:
-    """Sparse-dLLM Fig. 5 curves, dashed, OOM points left out."""
+def _paper_lengths(paper: pd.DataFrame, table: PaperTable, speed: plt.Axes, memory: plt.Axes) -> None:
+    """The paper's curves, dashed, in the colour of our stand-in for each method; OOM points left out."""
     paper = paper.assign(seq_len=[int(parse_setting(s)["seq_len"]) for s in paper["setting"]]).dropna(subset=["value"])
-    for (label, metric), part in paper.groupby(["method", "metric"]):
+    for (method, metric), part in paper.groupby(["method", "metric"]):
         ax = speed if metric == "throughput" else memory
         part = part.sort_values("seq_len")
+        label = table.our_label(method)
         ax.plot(part["seq_len"], part["value"], linestyle="--", marker="x", color=color(label), alpha=0.8,
-                label=f"{label} (paper, RTX 4090)")
+                label=f"{label} (paper{'' if label == method else ': ' + method}, RTX 4090)")
 
 
 def heatmap_figures(samples: pd.DataFrame, out: Path, banner: str | None) -> list[Path]:
@@ -179,7 +202,9 @@ def heatmap_figures(samples: pd.DataFrame, out: Path, banner: str | None) -> lis
         return []
     chosen = samples.dropna(subset=["depth", "target_len", "score"])
     paths = []
-    for (model, task), group in chosen.groupby(["model", "task"]):
+    for (experiment, model, task), group in chosen.groupby(["experiment", "model", "task"]):
+        if group["depth"].nunique() < 2:  # a speed run at one depth (Sparse-dLLM Fig. 5) is no heat map
+            continue
         panels = sorted(group.groupby(["label", "rope_scaling"]).groups, key=lambda k: (method_rank(k[0]), k[1]))
         columns = min(3, len(panels))
         rows = math.ceil(len(panels) / columns)
@@ -201,15 +226,15 @@ def heatmap_figures(samples: pd.DataFrame, out: Path, banner: str | None) -> lis
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         fig.colorbar(image, ax=axes, label="accuracy (%)", shrink=0.8)
-        fig.suptitle(f"{model} · {task}: long-context accuracy by length and needle depth")
-        paths += _save_heatmap(fig, out, f"longctx_{model}_{task}", banner)
+        fig.suptitle(f"{model} · {task}: long-context accuracy by length and needle depth ({experiment})")
+        paths += _save_heatmap(fig, out, f"heatmap_{experiment}_{model}_{task}", banner)
     return paths
 
 
 def _save_heatmap(fig: plt.Figure, out: Path, name: str, banner: str | None) -> list[Path]:
     """Like ``save`` for a constrained layout (tight_layout cannot place a shared colour bar)."""
     if banner:
-        fig.supxlabel(banner, fontsize=8, color="firebrick")
+        fig.supxlabel(textwrap.fill(banner, 110), fontsize=7, color="firebrick")
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
@@ -219,6 +244,8 @@ def _save_heatmap(fig: plt.Figure, out: Path, name: str, banner: str | None) -> 
 
 
 def recompute_figures(runs: pd.DataFrame, out: Path, banner: str | None) -> list[Path]:
+    """Per layer where the method records ``recompute_fraction_layer_<i>``; else one bar per method
+    from its whole-model ``recompute_fraction`` (dLLM-Cache) or ``salient_fraction_mean`` (DyLLM)."""
     if runs.empty:
         return []
     layer_columns = sorted((c for c in runs.columns if PER_LAYER.match(c)), key=lambda c: int(PER_LAYER.match(c)[1]))
@@ -230,25 +257,32 @@ def recompute_figures(runs: pd.DataFrame, out: Path, banner: str | None) -> list
         reuse = group[group[layer_columns + whole].notna().any(axis=1)]
         if reuse.empty:
             continue
+        labels = sorted(reuse["label"].unique(), key=method_rank)
+        per_layer = {label: reuse[reuse["label"] == label][layer_columns].mean() for label in labels} if layer_columns else {}
+        per_layer = {k: v for k, v in per_layer.items() if v.notna().any()}
+        overall = {label: reuse[reuse["label"] == label][whole].mean().dropna() for label in labels}
+        overall = {k: float(v.iloc[0]) for k, v in overall.items() if len(v) and k not in per_layer}
         fig, ax = plt.subplots(figsize=(7, 4.4))
-        layers = [int(PER_LAYER.match(c)[1]) for c in layer_columns]
-        for label in sorted(reuse["label"].unique(), key=method_rank):
-            mine = reuse[reuse["label"] == label]
-            per_layer = mine[layer_columns].mean() if layer_columns else pd.Series(dtype=float)
-            if per_layer.notna().any():
-                ax.plot(layers, per_layer.values, marker="o", color=color(label), label=label)
-                continue
-            overall = mine[whole].mean().dropna()
-            if len(overall):
-                ax.axhline(overall.iloc[0], color=color(label), linestyle=":",
-                           label=f"{label}: all layers (per-layer not recorded)")
+        if per_layer:
+            layers = [int(PER_LAYER.match(c)[1]) for c in layer_columns]
+            for label, values in per_layer.items():
+                ax.plot(layers, values.values, marker="o", color=color(label), label=label)
+            for label, value in overall.items():
+                ax.axhline(value, color=color(label), linestyle=":", label=f"{label}: all layers (per-layer not recorded)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("layer (0 = nearest the embedding)")
+            ax.set_title(f"{model}: per-layer recompute fraction of the reuse methods")
+            ax.legend(fontsize=8)
+        else:
+            names = list(overall)
+            ax.bar(names, [overall[n] for n in names], color=[color(n) for n in names], edgecolor="black")
+            for i, name in enumerate(names):
+                ax.text(i, overall[name] + 0.02, f"{overall[name]:.2f}", ha="center", fontsize=8)
+            ax.set_xlabel("method (these methods record the whole-model fraction, not per layer)")
+            ax.set_title(f"{model}: recompute fraction of the reuse methods, all layers")
         ax.set_ylim(0, 1.05)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("layer (0 = nearest the embedding)")
         ax.set_ylabel("fraction of token rows recomputed\n(mean over steps and samples)")
-        ax.set_title(f"{model}: per-layer recompute fraction of the reuse methods")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
         paths += save(fig, out, f"recompute_{model}", banner)
     return paths
 
@@ -271,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/figures"))
     parser.add_argument("--banner", help="a line printed under every figure (e.g. smoke output)")
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only, even where a display exists
     for path in write_figures(args.results, args.out, args.banner):
         print(path)
 

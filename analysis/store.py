@@ -9,6 +9,7 @@ whole run is. A run whose samples are missing is still listed, with empty number
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -101,7 +102,7 @@ def measured(records: list[dict]) -> dict:
     out["peak_memory_gib"] = summary["peak_memory_gib"]["mean"]
     out["nfe_per_token"] = rates["nfe_per_token"]
     out.update({f"stat_{k}": v for k, v in summary["method_stats"].items()})
-    return out
+    return {k: math.nan if v is None else float(v) for k, v in out.items()}  # unmeasured (no CUDA): NaN
 
 
 def primary_score(scores: dict | None, metric: str | None) -> float | None:
@@ -121,7 +122,8 @@ def accuracy_of(summary: dict | None, records: list[dict]) -> tuple[float | None
         return 100 * float(block["value"]), block.get("metric")
     if isinstance(block, (int, float)):
         return 100 * float(block), None
-    scores = [primary_score(r.get("scores"), None) for r in records if r.get("status") == "ok"]
+    metric = (summary or {}).get("accuracy", {}).get("metric") if isinstance((summary or {}).get("accuracy"), dict) else None
+    scores = [primary_score(r.get("scores"), metric) for r in records if r.get("status") == "ok"]
     scores = [s for s in scores if s is not None]
     return (100 * sum(scores) / len(scores), None) if scores else (None, None)
 
@@ -167,16 +169,20 @@ SAMPLE_COLUMNS = ["run_dir", "model", "label", "task", "rope_scaling", "doc_id",
 
 
 def load_samples(root: str | Path) -> pd.DataFrame:
-    """One row per sample: the run's identity, status, score, and long-context coordinates.
+    """One row per sample: the run's identity, status, score (the task's primary metric, %), and
+    the long-context coordinates the runner keeps in ``doc_meta``.
 
     ``record`` keeps the raw record so a subset can be measured with :func:`measured`.
     """
     rows = []
     for run_dir in run_dirs(root):
-        identity = run_identity(read_config(run_dir))
+        config = read_config(run_dir)
+        identity = run_identity(config)
+        metric = config.get("task", {}).get("primary_metric")
+        generated = generated_docs(run_dir)
         for record in read_samples(run_dir):
-            doc = record.get("doc") or {}
-            score = primary_score(record.get("scores"), None)
+            doc = record.get("doc_meta") or _nth(generated, record.get("doc_id"))
+            score = primary_score(record.get("scores"), metric)
             rows.append(
                 {
                     "run_dir": str(run_dir),
@@ -190,6 +196,20 @@ def load_samples(root: str | Path) -> pd.DataFrame:
             )
     frame = pd.DataFrame(rows)
     return frame if rows else pd.DataFrame(columns=SAMPLE_COLUMNS)
+
+
+def generated_docs(run_dir: Path) -> list[dict]:
+    """The long-context documents the runner generated for this run (``lm_eval_tasks/<task>.jsonl``),
+    in document order: where ``target_len`` and ``depth`` come from when a record has no ``doc_meta``."""
+    for path in sorted((run_dir / "lm_eval_tasks").glob("*.jsonl")):
+        docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if docs and "target_len" in docs[0]:
+            return [{k: d.get(k) for k in SAMPLE_FIELDS} for d in docs]
+    return []
+
+
+def _nth(docs: list[dict], index: object) -> dict:
+    return docs[index] if isinstance(index, int) and 0 <= index < len(docs) else {}
 
 
 def measure_groups(samples: pd.DataFrame, by: list[str]) -> pd.DataFrame:

@@ -125,6 +125,75 @@ def latex(frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | No
     return "\n".join(out)
 
 
+RUN_HEADER = ["model", "task", "method", "setting", "samples", "accuracy (%)", "tok/s (all positions)",
+              "tok/s (before EOS)", "peak GiB", "NFE/token"]
+SETTING_COLUMNS = ["batch_size", "gen_length", "steps", "block_length", "threshold", "rope_scaling"]
+
+
+def run_rows(runs: pd.DataFrame, bands: Bands) -> pd.DataFrame:
+    """One row per run of a non-paper experiment (a sweep, the batch-size axis, long context).
+
+    The settings that vary within the experiment name each point. When ``batch_size`` varies,
+    each run's accuracy is checked against the batch-1 run of the same method (``batch check``):
+    padding is masked, so accuracy must stay within the accuracy band.
+    """
+    varying = [c for c in SETTING_COLUMNS if runs[c].astype(str).nunique() > 1]
+    options = sorted(c for c in runs.columns if c.startswith("opt_") and runs[c].astype(str).nunique() > 1)
+    frame = runs.assign(
+        setting=[
+            ";".join(f"{c.removeprefix('opt_')}={r[c]}" for c in varying + options if not _missing(r[c])) for _, r in runs.iterrows()
+        ]
+    )
+    if "batch_size" in varying:
+        frame["batch_check"] = [_batch_check(frame, r, bands) for _, r in frame.iterrows()]
+    return frame.sort_values(["model", "task", "label", "setting"], key=lambda c: c.astype(str)).reset_index(drop=True)
+
+
+def _batch_check(frame: pd.DataFrame, row: pd.Series, bands: Bands) -> str:
+    same = frame[(frame["model"] == row["model"]) & (frame["task"] == row["task"]) & (frame["label"] == row["label"])
+                 & (frame["batch_size"] == 1)]
+    for column in ("threshold", "gen_length", "block_length", "steps"):
+        same = same[same[column].astype(str) == str(row[column])]
+    if same.empty or _missing(row["accuracy"]) or _missing(same["accuracy"].iloc[0]):
+        return "no batch-1 run"
+    difference = row["accuracy"] - float(same["accuracy"].iloc[0])
+    verdict = "pass" if abs(difference) <= bands.accuracy_points else "fail"
+    return f"{difference:+.2f} pt vs batch 1: {verdict}"
+
+
+def _run_cells(row: pd.Series) -> list[str]:
+    def number(value: object, spec: str = ".2f") -> str:
+        return "—" if _missing(value) else format(value, spec)
+
+    cells = [row["model"], row["task"], row["label"], row["setting"], str(int(row["samples"])), number(row["accuracy"]),
+             number(row["throughput_all_positions"]), number(row["throughput_before_eos"]), number(row["peak_memory_gib"]),
+             number(row["nfe_per_token"], ".3f")]
+    return cells + ([row["batch_check"]] if "batch_check" in row else [])
+
+
+def run_markdown(frame: pd.DataFrame, experiment: str, bands: Bands, banner: str | None) -> str:
+    header = RUN_HEADER + (["batch check"] if "batch_check" in frame.columns else [])
+    lines = [f"# Experiment `{experiment}`", ""]
+    if banner:
+        lines += [f"> **{banner}**", ""]
+    lines += [f"{len(frame)} run(s). Throughput = tokens / synchronized generation time (warm-up batch excluded).", ""]
+    if "batch_check" in frame.columns:
+        lines += [f"Batch check: accuracy within {bands.accuracy_points:g} points of the same method at batch 1.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _run_cells(r)) + " |" for _, r in frame.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def run_latex(frame: pd.DataFrame, experiment: str, banner: str | None) -> str:
+    header = RUN_HEADER + (["batch check"] if "batch_check" in frame.columns else [])
+    caption = f"Experiment {experiment}" + (f". {banner}" if banner else "")
+    out = [r"\begin{longtable}{" + "l" * 4 + "r" * 6 + ("l" if "batch_check" in frame.columns else "") + "}",
+           rf"\caption{{{_tex(caption)}}}\\", r"\toprule", " & ".join(_tex(h) for h in header) + r" \\",
+           r"\midrule", r"\endhead"]
+    out += [" & ".join(_tex(c) for c in _run_cells(r)) + r" \\" for _, r in frame.iterrows()]
+    return "\n".join([*out, r"\bottomrule", r"\end{longtable}", ""])
+
+
 def write_tables(
     results: Path,
     out: Path,
@@ -150,6 +219,16 @@ def write_tables(
         frame.to_csv(out / f"{table.experiment}.csv", index=False)
         written.append(out / f"{table.experiment}.md")
         index.append(f"| [{table.title}]({table.experiment}.md) | {count} | {verdict_counts(frame)} |")
+    others = [] if runs.empty or experiments else sorted(set(runs["experiment"]) - set(BY_EXPERIMENT))
+    if others:
+        index += ["", "| other experiment | runs |", "|---|---|"]
+    for experiment in others:
+        frame = run_rows(runs[runs["experiment"] == experiment], bands)
+        (out / f"{experiment}.md").write_text(run_markdown(frame, experiment, bands, banner))
+        (out / f"{experiment}.tex").write_text(run_latex(frame, experiment, banner))
+        frame.drop(columns=[c for c in frame.columns if c.startswith("stat_")]).to_csv(out / f"{experiment}.csv", index=False)
+        written.append(out / f"{experiment}.md")
+        index.append(f"| [{experiment}]({experiment}.md) | {len(frame)} |")
     (out / "index.md").write_text("\n".join(index) + "\n")
     return written
 

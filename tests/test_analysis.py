@@ -169,7 +169,7 @@ def test_tables_are_written_as_markdown_latex_and_csv(store, tmp_path):
 def test_figures_are_written_as_png_and_pdf(store, tmp_path):
     paths = write_figures(store, tmp_path, banner="SMOKE OUTPUT")
     names = {p.name for p in paths}
-    for stem in ("pareto_llada_8b_instruct_gsm8k", "length_llada_8b_instruct", "longctx_llada_8b_instruct_passkey",
+    for stem in ("pareto_llada_8b_instruct_gsm8k", "length_sparse_dllm_fig5_llada_8b_instruct", "heatmap_sparse_dllm_fig5_llada_8b_instruct_passkey",
                  "recompute_llada_8b_instruct"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
     assert all(p.stat().st_size > 5_000 for p in paths)
