@@ -151,10 +151,21 @@ def typed_fields(source: type, all_optional: bool) -> list[tuple[str, Any, Any]]
     return out
 
 
-def sampler_overrides_schema() -> type:
-    from ..generation.settings import SamplerSettings
+def _importable(cls: type) -> type:
+    """Make a generated schema a module attribute, so it pickles by name (submitit, joblib) and the
+    receiving process, which rebuilds the same schemas when it imports this module, finds it."""
+    cls.__module__ = __name__
+    cls.__qualname__ = cls.__name__
+    globals()[cls.__name__] = cls
+    return cls
 
-    return make_dataclass("SamplerOverrides", typed_fields(SamplerSettings, all_optional=True))
+
+def sampler_overrides_schema() -> type:
+    if "SamplerOverrides" not in globals():
+        from ..generation.settings import SamplerSettings
+
+        _importable(make_dataclass("SamplerOverrides", typed_fields(SamplerSettings, all_optional=True)))
+    return globals()["SamplerOverrides"]
 
 
 @dataclass
@@ -168,33 +179,53 @@ class MethodCfg:
     published: Any = None
 
 
+def _options_schema(method_name: str) -> type:
+    from ..methods import method_class
+
+    name = f"Options_{method_name}"
+    if name not in globals():
+        fields = typed_fields(method_class(method_name).Config, all_optional=False)
+        _importable(make_dataclass(name, fields))
+    return globals()[name]
+
+
 def method_schema(config_name: str, method_name: str | None) -> type:
     """Schema for one method file: options typed by the method's ``Config`` when it is registered."""
-    from ..methods import available_methods, method_class
+    from ..methods import available_methods
 
+    if f"Method_{config_name}" in globals():
+        return globals()[f"Method_{config_name}"]
     sampler = sampler_overrides_schema()
     if method_name in available_methods():
-        config_cls = method_class(method_name).Config
-        options = make_dataclass(f"{method_name}_options", typed_fields(config_cls, all_optional=False))
+        options = _options_schema(method_name)
         option_field = (options, field(default_factory=options))
     else:  # an unknown name is reported by the runner with the list of registered methods
         option_field = (Any, field(default_factory=dict))
-    return make_dataclass(
-        f"{config_name}_method",
-        [("options", *option_field), ("sampler", sampler, field(default_factory=sampler))],
-        bases=(MethodCfg,),
-    )
+    fields = [("options", *option_field), ("sampler", sampler, field(default_factory=sampler))]
+    return _importable(make_dataclass(f"Method_{config_name}", fields, bases=(MethodCfg,)))
 
 
 def run_schema() -> type:
     """``RunCfg`` with the task's and the run's sampler overrides typed like ``SamplerSettings``."""
-    sampler = sampler_overrides_schema()
-    task = make_dataclass("TypedTaskCfg", [("sampler", sampler, field(default_factory=sampler))], bases=(TaskCfg,))
-    return make_dataclass(
-        "TypedRunCfg",
-        [("task", task, field(default=MISSING)), ("sampler", sampler, field(default_factory=sampler))],
-        bases=(RunCfg,),
-    )
+    if "TypedRunCfg" not in globals():
+        sampler = sampler_overrides_schema()
+        task = _importable(
+            make_dataclass("TypedTaskCfg", [("sampler", sampler, field(default_factory=sampler))], bases=(TaskCfg,))
+        )
+        fields = [("task", task, field(default=MISSING)), ("sampler", sampler, field(default_factory=sampler))]
+        _importable(make_dataclass("TypedRunCfg", fields, bases=(RunCfg,)))
+    return globals()["TypedRunCfg"]
+
+
+def method_files(conf_dir: Path = CONF_DIR) -> dict[str, tuple[str, str, str | None]]:
+    """Every method file: identifier -> (schema group, option name, registered method name)."""
+    method_dir = conf_dir / "method"
+    out = {}
+    for path in sorted(method_dir.rglob("*.yaml")):
+        relative = path.relative_to(method_dir).with_suffix("")
+        group = "/".join(("schema", "method", *relative.parts[:-1]))
+        out["__".join(relative.parts)] = (group, relative.name, OmegaConf.load(path).get("name"))
+    return out
 
 
 def register(conf_dir: Path = CONF_DIR) -> None:
@@ -203,9 +234,15 @@ def register(conf_dir: Path = CONF_DIR) -> None:
 
     store = ConfigStore.instance()
     store.store(name="run_schema", node=run_schema())
-    method_dir = conf_dir / "method"
-    for path in sorted(method_dir.rglob("*.yaml")):
-        relative = path.relative_to(method_dir).with_suffix("")
-        group = "/".join(("schema", "method", *relative.parts[:-1]))
-        name = OmegaConf.load(path).get("name")
-        store.store(group=group, name=relative.name, node=method_schema(relative.name, name))
+    for identifier, (group, option, method_name) in method_files(conf_dir).items():
+        store.store(group=group, name=option, node=method_schema(identifier, method_name))
+
+
+def build_schemas(conf_dir: Path = CONF_DIR) -> None:
+    """Create every generated schema; runs at import so a process unpickling a config finds them."""
+    run_schema()
+    for identifier, (_, _, method_name) in method_files(conf_dir).items():
+        method_schema(identifier, method_name)
+
+
+build_schemas()
