@@ -23,15 +23,6 @@ LLADA_MODES = {"generate": "none", "generate_with_prefix_cache": "prefix", "gene
 PRESETS = sorted((REPO_ROOT / "conf" / "method").glob("fast_dllm*.yaml"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny matrices gain nothing from two, and a busy host
-    makes two threads spin (the official cases were recorded with one)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def official_call(family: str, case: dict) -> tuple[str, dict]:
     """Our mode and settings for a recorded official call."""

@@ -19,17 +19,6 @@ FAMILIES = ("llada", "dream")
 PASS_KIND = {0: "dense", 1: "dense+select", 2: "sparse"}  # the official cache_state of each forward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models gain nothing from a second thread and lose much when the cores are shared.
-
-    The official fixtures reproduce with 1 and 2 threads alike (see their README).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _cases():
     return [(fam, case) for fam in FAMILIES for case in load_cases(f"sparse_dllm/{fam}_sparse_generate.json")]
