@@ -26,6 +26,7 @@ from .eval.byte_tokenizer import ByteTokenizer
 from .eval.code_tasks import HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
+from .eval.report import HEADER, summary_row
 from .eval.schema import register
 from .generation.settings import SamplerSettings
 from .measure import Meter, environment, summarize
@@ -320,21 +321,8 @@ def _flatten(summary: dict, prefix: str = "") -> dict[str, float]:
 
 
 def _print_summary(summary: dict, config: dict) -> None:
-    if not config.get("print_summary", True):
-        return
-    measurement = summary["measurement"]["all"]
-    memory = summary["measurement"]["peak_memory_gib"]
-
-    def fmt(value, spec=".3f"):
-        return "-" if value is None else format(value, spec)
-
-    header = f"{'model':<20} {'method':<14} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'NFE/tok':>8} {'peak GiB':>9}"
-    row = (
-        f"{summary['model']:<20} {summary['method']:<14} {summary['task']:<18} "
-        f"{fmt(summary['accuracy']['value']):>9} {fmt(measurement['tokens_per_s']['all_positions'], '.2f'):>9} "
-        f"{fmt(measurement['nfe_per_token']):>8} {fmt(memory['max'], '.2f'):>9}"
-    )
-    print(f"{header}\n{row}\nresults: {summary['run_dir']}", flush=True)
+    if config.get("print_summary", True):
+        print(f"{HEADER}\n{summary_row(summary)}\nresults: {summary['run_dir']}", flush=True)
 
 
 def _free_memory() -> None:
@@ -346,9 +334,8 @@ def _free_memory() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    summary = evaluate(cfg)
-    return None if summary is None else summary["accuracy"]["value"]
+def main(cfg: DictConfig) -> dict | None:
+    return evaluate(cfg)
 
 
 if __name__ == "__main__":
