@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from .catalog import BY_EXPERIMENT, METHOD_ORDER, PaperTable, method_rank
 from .reported import REPORTED_DIR, load_reported, parse_setting
@@ -84,7 +84,7 @@ def _point_note(row: pd.Series, varying: list[str]) -> str:
 
 def _varying(points: pd.DataFrame) -> list[str]:
     candidates = [*SHORT_NAMES, *sorted(c for c in points.columns if c.startswith("opt_"))]
-    return [c for c in candidates if c in points.columns and points[c].astype(str).nunique() > 1]
+    return [c for c in candidates if c in points.columns and points[c].nunique(dropna=False) > 1]
 
 
 MARKERS = "os^vDPX*hp<>"
@@ -105,16 +105,19 @@ def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition
         front = pareto_front(group, column, "accuracy")
         ax.plot(front[column], front["accuracy"], color="black", linestyle="--", linewidth=1, marker="o",
                 markersize=14, markerfacecolor="none", zorder=2)
-        varying = _varying(group)
-        middle = front[column].median()
+        middle = (group[column].min() + group[column].max()) / 2
         for _, row in front.iterrows():
-            note = ", ".join(p for p in (row["label"], _point_note(row, varying)) if p)
-            right = row[column] > middle
+            same = group[(group["label"] == row["label"]) & (group["experiment"] == row["experiment"])]
+            note = textwrap.shorten(", ".join(p for p in (row["label"], _point_note(row, _varying(same))) if p), 60)
+            right = row[column] >= middle
             ax.annotate(note, (row[column], row["accuracy"]), textcoords="offset points", xytext=(-8 if right else 8, 8),
                         ha="right" if right else "left", fontsize=7, color="dimgray")
         spread = group[column].max() / max(group[column].min(), 1e-9)
-        if spread > 10:
+        if spread > 30:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if group["accuracy"].max() - group["accuracy"].min() < 1:  # one accuracy for all: show the whole scale
+            ax.set_ylim(-2, 102)
         ax.set_xlabel(f"throughput (tokens/s, {DEFINITION_TEXT[definition]})")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{model} · {task}: accuracy vs throughput ({len(group)} runs)")
@@ -125,18 +128,15 @@ def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition
 
 
 def _pareto_legends(ax: plt.Axes, labels: list[str], marker: dict[str, str]) -> None:
+    """One legend outside the axes: colours are methods, shapes are experiments."""
     from matplotlib.lines import Line2D
 
-    methods = [Line2D([], [], linestyle="", marker="o", color=color(label), markeredgecolor="black", label=label)
+    handles = [Line2D([], [], linestyle="", marker="o", color=color(label), markeredgecolor="black", label=label)
                for label in labels]
-    methods.append(Line2D([], [], linestyle="--", marker="o", color="black", markerfacecolor="none", markersize=10,
+    handles.append(Line2D([], [], linestyle="--", marker="o", color="black", markerfacecolor="none", markersize=10,
                           label="Pareto front"))
-    first = ax.legend(handles=methods, title="method", fontsize=7, title_fontsize=8, loc="upper left",
-                      bbox_to_anchor=(1.01, 1.0))
-    ax.add_artist(first)
-    shapes = [Line2D([], [], linestyle="", marker=m, color="gray", label=e) for e, m in marker.items()]
-    ax.legend(handles=shapes, title="experiment", fontsize=7, title_fontsize=8, loc="lower left",
-              bbox_to_anchor=(1.01, 0.0))
+    handles += [Line2D([], [], linestyle="", marker=m, color="gray", label=f"experiment: {e}") for e, m in marker.items()]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def length_points(samples: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,8 @@ from .compare import DEFAULT_BANDS, RATIOS, Bands, compare
 from .reported import REPORTED_DIR, load_reported
 from .store import load_runs, load_samples
 
+REPO_ROOT = REPORTED_DIR.parents[1]
+
 VERDICTS = ("pass", "fail", "missing", "ours only", "info", "OOM")
 DEFINITIONS = {
     "all_positions": "every generated position, EOS included",
@@ -137,28 +139,41 @@ def run_rows(runs: pd.DataFrame, bands: Bands) -> pd.DataFrame:
     each run's accuracy is checked against the batch-1 run of the same method (``batch check``):
     padding is masked, so accuracy must stay within the accuracy band.
     """
-    varying = [c for c in SETTING_COLUMNS if runs[c].astype(str).nunique() > 1]
-    options = sorted(c for c in runs.columns if c.startswith("opt_") and runs[c].astype(str).nunique() > 1)
+    def varies(column: str) -> bool:  # within one method: what tells its runs apart
+        return bool((runs.groupby("label")[column].nunique(dropna=False) > 1).any())
+
+    varying = [c for c in SETTING_COLUMNS if varies(c)]
+    options = sorted(c for c in runs.columns
+                     if c.startswith("opt_") and c.removeprefix("opt_") not in SETTING_COLUMNS and varies(c))
     frame = runs.assign(
         setting=[
-            ";".join(f"{c.removeprefix('opt_')}={r[c]}" for c in varying + options if not _missing(r[c])) for _, r in runs.iterrows()
+            ";".join(f"{c.removeprefix('opt_')}={_plain(r[c])}" for c in varying + options if not _missing(r[c]))
+            for _, r in runs.iterrows()
         ]
     )
     if "batch_size" in varying:
         frame["batch_check"] = [_batch_check(frame, r, bands) for _, r in frame.iterrows()]
-    return frame.sort_values(["model", "task", "label", "setting"], key=lambda c: c.astype(str)).reset_index(drop=True)
+    return frame.sort_values(["model", "task", "label", "setting"]).reset_index(drop=True)
 
 
 def _batch_check(frame: pd.DataFrame, row: pd.Series, bands: Bands) -> str:
     same = frame[(frame["model"] == row["model"]) & (frame["task"] == row["task"]) & (frame["label"] == row["label"])
                  & (frame["batch_size"] == 1)]
     for column in ("threshold", "gen_length", "block_length", "steps"):
-        same = same[same[column].astype(str) == str(row[column])]
+        same = same[[_same(value, row[column]) for value in same[column]]]
     if same.empty or _missing(row["accuracy"]) or _missing(same["accuracy"].iloc[0]):
         return "no batch-1 run"
     difference = row["accuracy"] - float(same["accuracy"].iloc[0])
     verdict = "pass" if abs(difference) <= bands.accuracy_points else "fail"
     return f"{difference:+.2f} pt vs batch 1: {verdict}"
+
+
+def _plain(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _same(a: object, b: object) -> bool:
+    return (_missing(a) and _missing(b)) or a == b
 
 
 def _run_cells(row: pd.Series) -> list[str]:
@@ -207,7 +222,7 @@ def write_tables(
     runs = load_runs(results)
     samples = load_samples(results)
     out.mkdir(parents=True, exist_ok=True)
-    written, index = [], [f"# Paper tables: ours beside the papers' ({results})", ""]
+    written, index = [], [f"# Paper tables: ours beside the papers' ({_shown(results)})", ""]
     if banner:
         index += [f"> **{banner}**", ""]
     index += ["| table | runs | verdicts |", "|---|---|---|"]
@@ -231,6 +246,12 @@ def write_tables(
         index.append(f"| [{experiment}]({experiment}.md) | {len(frame)} |")
     (out / "index.md").write_text("\n".join(index) + "\n")
     return written
+
+
+def _shown(path: Path) -> str:
+    """A store path as the reader of a committed table should see it: relative to the repository."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _select(experiments: list[str] | None) -> list[PaperTable]:
