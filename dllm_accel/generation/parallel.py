@@ -18,6 +18,9 @@ Dream (Fast-dLLM ``dream/model/``):
   (``generation_utils.py``): a quota of masks/steps per step plus the ranks rejected at the
   step before; a rejection on the last step extends the loop by a step.
 - ``DreamBlockPolicy``: the cached block sampler (``generation_utils_block.py``).
+
+DyLLM (``sampler='dyllm'``, engine commit ``f01c847``, spec B.11): ``confidence_threshold``
+(``DyLLMThresholdPolicy``), the same top-1-plus-threshold rule on the engine's own scores.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from __future__ import annotations
 import torch
 
 from .canvas import Canvas, Commit
-from .policies import DecodingPolicy, top_k_commit
-from .schedules import TimestepSchedule
+from .dyllm_sampler import ranked_commit
+from .policies import DecodingPolicy, DyLLMSamplerPolicy, top_k_commit
+from .schedules import ConstantSchedule, TimestepSchedule
 from .scoring import dream_sample_tokens, llada_propose
 from .settings import SettingsError
 
@@ -260,9 +264,33 @@ class DreamBlockPolicy(DecodingPolicy):
         return Commit(index=index, tokens=tokens)
 
 
+class DyLLMThresholdPolicy(DyLLMSamplerPolicy):
+    """The DyLLM engine's ``confidence_threshold`` mode: each step commits its best candidate
+    (the transfer count becomes 1) and every candidate whose score reaches the threshold,
+    cast to the score's dtype as the engine casts it (a bf16 0.9 is 0.8984375). The step
+    budget no longer ends the run: a block ends when it is full (or its row stopped at EOS).
+    Dream scores are negative entropies, so only thresholds <= 0 commit more than one.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(ConstantSchedule())
+        self.threshold = threshold
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return block_done(canvas)
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        x0, score = self.propose(logits, rows, canvas)
+        best = ranked_commit(score, x0, torch.ones(score.shape[0], dtype=torch.long, device=score.device), canvas)
+        reached = score >= torch.tensor(self.threshold, dtype=score.dtype, device=score.device)
+        return Commit(index=best.index | (reached & canvas.masked()), tokens=x0, confidence=score)
+
+
 def parallel_policy(canvas: Canvas) -> DecodingPolicy | None:
-    """The Fast-dLLM rule these settings ask for, or None when they ask for none."""
+    """The threshold or factor rule these settings ask for, or None when they ask for none."""
     s = canvas.settings
+    if s.sampler == "dyllm" and s.confidence_threshold is not None:
+        return DyLLMThresholdPolicy(s.confidence_threshold)
     if s.sampler == "llada" and s.factor is not None:
         return FactorPolicy(s.factor, s.factor_last_rank_quirk)
     if s.sampler == "llada" and s.threshold is not None:

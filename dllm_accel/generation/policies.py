@@ -161,15 +161,15 @@ class DyLLMSamplerPolicy(ConfidencePolicy):
 def build_policy(canvas: Canvas) -> DecodingPolicy:
     """The official sampler's policy for these settings."""
     s = canvas.settings
-    if s.sampler == "dyllm":
-        return DyLLMSamplerPolicy(ConstantSchedule())
-    if s.constant_count:
-        return ConfidencePolicy(ConstantSchedule())
-    from .parallel import parallel_policy  # Fast-dLLM's rules build on the classes above
+    from .parallel import parallel_policy  # the threshold and factor rules build on the classes above
 
     parallel = parallel_policy(canvas)
     if parallel is not None:
         return parallel
+    if s.sampler == "dyllm":
+        return DyLLMSamplerPolicy(ConstantSchedule())
+    if s.constant_count:
+        return ConfidencePolicy(ConstantSchedule())
     if s.sampler == "llada":
         return ConfidencePolicy(LinearBlockSchedule())
     if s.alg == "origin":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from ..models.spec import ModelSpec
@@ -68,6 +69,10 @@ class SamplerSettings:
     threshold: float | None = None
     factor: float | None = None
     factor_last_rank_quirk: bool = True
+    # DyLLM engine (sampler="dyllm"), its SamplingParams name: each step commits its best candidate
+    # and every one whose score reaches this (LLaDA: max probability; Dream: negative entropy, <= 0),
+    # until the block is full; steps then no longer bound the run (generation/parallel.py)
+    confidence_threshold: float | None = None
 
     @classmethod
     def names(cls) -> set[str]:
@@ -92,7 +97,7 @@ class SamplerSettings:
         num_blocks = gen // block
         _one_of("transfer_schedule", self.transfer_schedule, TRANSFER_SCHEDULES)
         constant = self.sampler == "dyllm" or self.transfer_schedule == "constant"
-        if constant and gen % steps:
+        if constant and gen % steps and self.confidence_threshold is None:
             raise SettingsError(
                 f"gen_length={gen} is not a multiple of steps={steps} (the constant schedule commits gen_length // steps per step)"
             )
@@ -171,6 +176,18 @@ def _check_parallel(settings: SamplerSettings, sampler: str, constant: bool) -> 
         raise SettingsError(f"factor={factor} is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'")
     if sampler == "dream" and threshold is not None and not dream_threshold:
         raise SettingsError(f"threshold={threshold} is read by Dream only with alg='confidence_threshold' (got alg={settings.alg!r})")
+    confidence = settings.confidence_threshold
+    if confidence is not None and sampler != "dyllm":
+        raise SettingsError(
+            f"confidence_threshold={confidence} is the DyLLM engine's rule (sampler='dyllm', got {sampler!r}); "
+            "the Fast-dLLM rule of the other samplers is threshold"
+        )
+    if confidence is not None and (not _is_number(confidence) or not math.isfinite(confidence)):
+        raise SettingsError(f"confidence_threshold={confidence!r} must be a finite number")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(name: str, value: int) -> None:
