@@ -100,6 +100,11 @@ class FastDLLM(ForwardStrategy):
                 "cached passes start at the block, so only Dream's block sampler, which commits the block's first "
                 "position in the refresh pass, can decode from them"
             )
+        if self.cached and s.sampler == "dream" and s.constant_count:
+            raise ValueError(
+                f"fast_dllm mode {self.config.mode!r} on Dream decodes with Fast-dLLM's block sampler, which has its own "
+                "count rule (the refresh commits the block's first position): transfer_schedule='constant' cannot apply"
+            )
         if self.cached and s.sampler == "dream" and not self.config.dream_entropy and s.alg == "origin":
             raise ValueError("fast_dllm dream_entropy=false ranks by alg, which alg='origin' does not do")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..generation.canvas import Canvas, Commit
+from ..generation.parallel import DreamBlockPolicy
 from ..generation.policies import DecodingPolicy
 from ..generation.scoring import dream_sample_tokens
 from ..models.core import DiffusionTransformer
@@ -94,7 +95,14 @@ class SparseDLLM(ForwardStrategy):
             )
 
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
-        return FirstTokenFirst(policy) if canvas.spec.logit_shift else policy
+        if not canvas.spec.logit_shift:
+            return policy
+        if canvas.settings.sampler == "dream" and canvas.settings.alg == "confidence_threshold":
+            # Threshold decoding on block passes, as Fast-dLLM's cached Dream sampler (the harness of
+            # Sparse-dLLM issue #1): the first step commits the block's first position, later steps the
+            # best mask and every one >= threshold, until the block is full.
+            return DreamBlockPolicy()
+        return FirstTokenFirst(policy)
 
     def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         spec, block = model.spec, canvas.settings.block_length
