@@ -133,14 +133,13 @@ class DyLLM(ForwardStrategy):
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         self._drop_finished(canvas)
-        kind = step_kind(canvas.step + 1, self.config.num_full_steps, self.config.prune_period)
+        kind, queries = self.plan(canvas)
         record = StepRecord(canvas.step + 1, kind, salient=[] if self.config.record_salient else None)
-        start = canvas.prompt_length if kind == PRUNED else 0
         ids = canvas.x[self.rows]
         if kind == FULL:
             logits = self._full(model, ids)
         else:
-            logits = self._sparse(model, ids, self.seed[self.rows, start:], start, canvas, record)
+            logits = self._sparse(model, ids, self.seed[self.rows, queries], queries, canvas, record)
         canvas.nfe += 1
         self.trace.append(record)
         self._summarise(canvas)
@@ -148,7 +147,15 @@ class DyLLM(ForwardStrategy):
             logits = _shift(logits, self.config.dream_packed_shift)
         out = logits.new_zeros(canvas.x.shape[0], *logits.shape[1:])
         out[self.rows] = logits
-        return out, slice(start, canvas.length)
+        return out, queries
+
+    def plan(self, canvas: Canvas) -> tuple[str, slice]:
+        """This step's kind and query rows: every row, or the response rows on pruned steps (spec B.4).
+
+        A dense step returns every row; a stacked strategy may narrow a sparse step's queries.
+        """
+        kind = step_kind(canvas.step + 1, self.config.num_full_steps, self.config.prune_period)
+        return kind, slice(canvas.prompt_length if kind == PRUNED else 0, canvas.length)
 
     def after_commit(self, canvas: Canvas, commit: Commit) -> None:
         # the engine keeps the previous positions when a request commits nothing
@@ -176,33 +183,33 @@ class DyLLM(ForwardStrategy):
         model: DiffusionTransformer,
         ids: torch.Tensor,
         salient: torch.Tensor,
-        start: int,
+        queries: slice,
         canvas: Canvas,
         record: StepRecord,
     ) -> torch.Tensor:
-        """Query rows ``start..L-1``; ``salient`` [B, T] is the layer-0 seed in query coordinates."""
+        """Query rows ``queries``; ``salient`` [B, T] is the layer-0 seed in query coordinates."""
         positions = self.positions[self.rows]
-        real = torch.ones_like(salient) if self.key_mask is None else self._key_mask()[:, start:]
+        real = torch.ones_like(salient) if self.key_mask is None else self._key_mask()[:, queries]
         salient = salient & real
-        rope = self._rope(model, positions[:, start:])
-        x = model.embed(ids[:, start:])
+        rope = self._rope(model, positions[:, queries])
+        x = model.embed(ids[:, queries])
         for block, cache in zip(model.blocks, self.caches, strict=True):
             h = block.attn_norm(x)
             q = block.rope(block.query(h), rope)
-            context = self._attention(model, block, cache, h, q, salient, positions, start)
-            cos = cosine(context, cache.c[:, :, start:], torch.promote_types(torch.float32, model.dtype))
+            context = self._attention(model, block, cache, h, q, salient, positions, queries)
+            cos = cosine(context, cache.c[:, :, queries], torch.promote_types(torch.float32, model.dtype))
             salient = (cos < self.config.threshold) & real
             context = context.to(model.dtype)
-            cache.c[:, :, start:] = context
+            cache.c[:, :, queries] = context
             x = x + block.attn_out(context)
             h = block.mlp_norm(x)
             index, valid = _index(salient)
             if valid.any():
                 b, i = valid.nonzero(as_tuple=True)
                 ffn = block.mlp(_gather_rows(h, index))
-                cache.f[b, index[b, i] + start] = ffn[b, i]
-            x = x + cache.f[:, start:]
-            self._record(record, salient, real, start, canvas)
+                cache.f[b, index[b, i] + queries.start] = ffn[b, i]
+            x = x + cache.f[:, queries]
+            self._record(record, salient, real, queries, canvas)
         return model.logits(x)
 
     def _attention(
@@ -214,17 +221,17 @@ class DyLLM(ForwardStrategy):
         q: torch.Tensor,
         salient: torch.Tensor,
         positions: torch.Tensor,
-        start: int,
+        queries: slice,
     ) -> torch.Tensor:
         """New contexts [B, H, T, D]: exact for salient rows (model dtype), approximated for the
         rest in the kernel's accumulation dtype, before any rounding (the cosine sees these)."""
         dtype = compute_dtype(model.dtype)
-        old = cache.c[:, :, start:]
+        old = cache.c[:, :, queries]
         index, valid = _index(salient)
         if not valid.any():
             return old.to(dtype)
         b, i = valid.nonzero(as_tuple=True)
-        keys_at = index + start
+        keys_at = index + queries.start
         h_s = _gather_rows(h, index)
         k_s = block.rope(block.key(h_s), self._rope(model, positions.gather(1, keys_at)))
         v_s = block.value(h_s)
@@ -262,12 +269,12 @@ class DyLLM(ForwardStrategy):
         self.caches = [cache.rows(keep) for cache in self.caches]
 
     def _record(
-        self, record: StepRecord, salient: torch.Tensor, real: torch.Tensor, start: int, canvas: Canvas
+        self, record: StepRecord, salient: torch.Tensor, real: torch.Tensor, queries: slice, canvas: Canvas
     ) -> None:
         record.fractions.append(float(salient.sum()) / max(int(real.sum()), 1))
         if record.salient is not None:
             full = torch.zeros_like(canvas.x, dtype=torch.bool)
-            full[self.rows, start:] = salient
+            full[self.rows, queries] = salient
             record.salient.append(full.cpu())
 
     def _summarise(self, canvas: Canvas) -> None:
