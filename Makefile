@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo's second half is a real evaluation: Hydra -> lm-eval -> results store, one table at the end.
+DEMO_METHODS ?= vanilla,fast_dllm,dllm_cache,sparse_dllm,dyllm
+
 demo: $(STAMP)
 	$(PY) -m dllm_accel.demo
+	$(PY) -m dllm_accel.run --multirun experiment=demo_tiny task=gsm8k,humaneval \
+	    method=$(DEMO_METHODS) tracking=none results_root=outputs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -51,27 +51,23 @@ class Block(nn.Module):
 
     def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project to heads: q [B, H, T, D], k and v [B, H_kv, T, D], before RoPE."""
-        b, t, _ = h.shape
-        hd = self.spec.head_dim
-        q = self.q_proj(h).view(b, t, self.spec.n_heads, hd).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, self.spec.n_kv_heads, hd).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, self.spec.n_kv_heads, hd).transpose(1, 2)
-        return q, k, v
+        return self.query(h), self.key(h), self.value(h)
 
-    def value(self, h: torch.Tensor) -> torch.Tensor:
-        """V alone [B, H_kv, T, D], for methods that score tokens by how their values changed."""
-        b, t, _ = h.shape
-        return self.v_proj(h).view(b, t, self.spec.n_kv_heads, self.spec.head_dim).transpose(1, 2)
+    def _heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n_heads, self.spec.head_dim).transpose(1, 2)
 
     def query(self, h: torch.Tensor) -> torch.Tensor:
         """Q alone [B, H, T, D], before RoPE, for methods that project keys for fewer rows than queries."""
-        b, t, _ = h.shape
-        return self.q_proj(h).view(b, t, self.spec.n_heads, self.spec.head_dim).transpose(1, 2)
+        return self._heads(self.q_proj(h), self.spec.n_heads)
 
     def key(self, h: torch.Tensor) -> torch.Tensor:
         """K alone [B, H_kv, T, D], before RoPE."""
-        b, t, _ = h.shape
-        return self.k_proj(h).view(b, t, self.spec.n_kv_heads, self.spec.head_dim).transpose(1, 2)
+        return self._heads(self.k_proj(h), self.spec.n_kv_heads)
+
+    def value(self, h: torch.Tensor) -> torch.Tensor:
+        """V alone [B, H_kv, T, D], for methods that score tokens by how their values changed."""
+        return self._heads(self.v_proj(h), self.spec.n_kv_heads)
 
     def rope(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
         return table.apply(x)
