@@ -218,8 +218,15 @@ def run_local(name: str, scope: Scope, extra: list[str]) -> dict[str, int]:
             log.exception("%s: point %s failed", name, " ".join(job))
             outcome = f"FAILED: {type(error).__name__}: {error}"
             counts["failed"] += 1
-        log.info("%s [%d/%d] %s (%s, %.1f s)", name, index + 1, len(jobs), " ".join(job[1:]), outcome,
-                 time.perf_counter() - started)
+        log.info(
+            "%s [%d/%d] %s (%s, %.1f s)",
+            name,
+            index + 1,
+            len(jobs),
+            " ".join(job[1:]),
+            outcome,
+            time.perf_counter() - started,
+        )
     return counts
 
 
@@ -239,8 +246,16 @@ def finished(cfg: DictConfig) -> bool:
 
 def run_launcher(name: str, scope: Scope, launcher: str, extra: list[str]) -> None:
     """One Hydra multirun of the experiment through ``hydra/launcher=<launcher>`` (SLURM, submitit_local)."""
-    command = [sys.executable, "-m", "dllm_accel.run", "-m", f"experiment={name}", f"hydra/launcher={launcher}",
-               f"results_root={scope.results}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "dllm_accel.run",
+        "-m",
+        f"experiment={name}",
+        f"hydra/launcher={launcher}",
+        f"results_root={scope.results}",
+        *extra,
+    ]
     subprocess.run(command, cwd=REPO, check=True)
 
 
@@ -262,7 +277,9 @@ def analyse(scope: Scope, tables: bool = True, figures: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scope", choices=sorted(SCOPES), default="full")
-    parser.add_argument("--table", action="append", help=f"one table experiment (repeatable); default: {', '.join(TABLES)}")
+    parser.add_argument(
+        "--table", action="append", help=f"one table experiment (repeatable); default: {', '.join(TABLES)}"
+    )
     parser.add_argument("--experiment", action="append", help="any experiment, e.g. a sweep (repeatable)")
     parser.add_argument("--launcher", help="hydra/launcher option (e.g. slurm_1gpu); default: this process")
     parser.add_argument("--results", type=Path, help="results store root (default: the scope's)")
@@ -274,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     scope = SCOPES[args.scope]
     if args.results:
         scope = Scope(scope.name, args.results, args.results.parent, scope.banner)
+    if args.launcher and scope.name == "smoke":
+        raise SystemExit("the smoke scope shrinks each point in this process; --launcher is for full-size runs")
     unknown = [t for t in args.table or [] if t not in TABLES]
     if unknown:
         raise SystemExit(f"unknown table {unknown} (accepted: {', '.join(TABLES)})")
@@ -291,8 +310,14 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             counts = run_local(name, scope, args.overrides)
             failed += counts["failed"]
-            log.info("%s: %d points, %d ran, %d already done, %d failed", name, counts["points"], counts["ran"],
-                     counts["skipped"], counts["failed"])
+            log.info(
+                "%s: %d points, %d ran, %d already done, %d failed",
+                name,
+                counts["points"],
+                counts["ran"],
+                counts["skipped"],
+                counts["failed"],
+            )
     if not args.skip_analysis:
         analyse(scope)
     if failed:
