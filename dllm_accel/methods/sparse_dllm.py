@@ -93,6 +93,14 @@ class SparseDLLM(ForwardStrategy):
                 f"{canvas.settings.steps} for {canvas.settings.num_blocks} blocks): its first step only "
                 "commits the block's first token"
             )
+        s = canvas.settings
+        per_step = s.gen_length // s.steps
+        if canvas.spec.logit_shift and s.constant_count and s.confidence_threshold is None and per_step > 1:
+            raise ValueError(
+                f"sparse_dllm on {canvas.spec.family} commits only the block's first token at each block's first "
+                f"step, so the constant count of gen_length // steps = {per_step} per step cannot fill the generation "
+                f"in steps={s.steps} steps (use one token per step or a threshold rule)"
+            )
 
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
         if not canvas.spec.logit_shift:
