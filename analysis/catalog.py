@@ -92,7 +92,7 @@ def method_label(method: str, options: dict, sampler: dict) -> str:
         if mode == "none":
             return "fast_dllm_parallel" if parallel else "vanilla"
         return f"fast_dllm_{mode}" + ("_parallel" if parallel else "")
-    return method
+    return f"{method}_parallel" if parallel else method  # a combination: reuse + Fast-dLLM's decoding
 
 
 def method_rank(label: str) -> tuple[int, str]:

@@ -112,6 +112,7 @@ def test_method_labels_follow_the_settings_not_the_file_name():
     assert method_label("fast_dllm", {"mode": "dual"}, {"threshold": 0.9}) == "fast_dllm_dual_parallel"
     assert method_label("fast_dllm", {"mode": "prefix"}, {}) == "fast_dllm_prefix"
     assert method_label("my_method", {}, {}) == "my_method"
+    assert method_label("sparse_dllm", {"keep_ratio": 0.5}, {"threshold": 0.9}) == "sparse_dllm_parallel"
 
 
 def test_comparison_verdicts_missing_rows_and_new_methods(store):
