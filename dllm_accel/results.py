@@ -96,11 +96,19 @@ class RunStore:
     def write_config(self, text: str) -> None:
         _atomic_write(self.dir / CONFIG, text)
 
-    def finalize(self, scores: dict[str, dict[str, Any]], keep: set[str] | None = None) -> list[dict]:
-        """Attach scores and rewrite the samples file in document order; returns the records."""
+    def finalize(
+        self,
+        scores: dict[str, dict[str, Any]],
+        keep: set[str] | None = None,
+        doc_meta: dict[str, dict[str, Any]] | None = None,
+    ) -> list[dict]:
+        """Attach scores (and document metadata such as length and depth) and rewrite the
+        samples file in document order; returns the records."""
         records = [r for k, r in self.records.items() if keep is None or k in keep]
         for record in records:
             record["scores"] = scores.get(record["key"], record.get("scores"))
+            if doc_meta is not None and record["key"] in doc_meta:
+                record["doc_meta"] = doc_meta[record["key"]]
         records.sort(key=lambda r: (r["task"], r["doc_id"], r.get("repeat", 0)))
         _atomic_write(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
         return records

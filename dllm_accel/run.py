@@ -263,10 +263,8 @@ def _scores(results: dict) -> tuple[dict[str, dict], dict[str, dict]]:
 def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, meter: Meter, model) -> dict:
     scores, meta = _scores(results)
     store.reload()
-    records = store.finalize(scores)
+    records = store.finalize(scores, doc_meta=meta)
     current = [r for r in records if r["key"] in scores]
-    for record in current:
-        record["doc_meta"] = meta.get(record["key"], {})
     name = config["task"]["lm_eval_task"]
     metrics = {
         k: v for k, v in results["results"].get(name, {}).items() if isinstance(v, (int, float)) and "stderr" not in k

@@ -68,6 +68,14 @@ def test_finalize_attaches_scores_in_document_order(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["complete"]
 
 
+def test_finalize_persists_document_metadata(tmp_path):
+    """Long-context length and depth must reach samples.jsonl, where the analysis reads them."""
+    store = RunStore(tmp_path)
+    store.append(_record(0))
+    store.finalize({sample_key("t", 0): {"acc,none": 1.0}}, doc_meta={sample_key("t", 0): {"target_len": 4096, "depth": 0.5}})
+    assert read_samples(tmp_path)[0]["doc_meta"] == {"target_len": 4096, "depth": 0.5}
+
+
 def test_directory_names_follow_the_settings_that_change_results():
     same = config_hash(CONFIG)
     assert config_hash(CONFIG | {"tracking": "offline", "results_root": "/elsewhere"}) == same
