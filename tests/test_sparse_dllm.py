@@ -12,12 +12,11 @@ from conftest import load_cases, tiny_model, transfer_counts
 from dllm_accel import build_method, generate, load_model
 from dllm_accel.generation import Canvas, SamplerSettings
 from dllm_accel.methods.base import ForwardStrategy
-from dllm_accel.methods.sparse_dllm_cache import SparseKVCache, max_pool
+from dllm_accel.methods.sparse_dllm_cache import UNUSED_SLOT, SparseKVCache, max_pool
 from dllm_accel.paths import tiny_checkpoint
 
 FAMILIES = ("llada", "dream")
 PASS_KIND = {0: "dense", 1: "dense+select", 2: "sparse"}  # the official cache_state of each forward
-
 
 
 def _cases():
@@ -257,18 +256,59 @@ def test_kept_order_position_changes_only_summation_order():
     assert torch.equal(kept, kept.sort(dim=-1).values)
 
 
-def test_padded_keys_never_take_a_slot():
-    case = _robust_case("dream")
-    prompt = torch.tensor(case["prompt_ids"])
-    padded = torch.cat([torch.full((1, 4), tiny_model("dream").spec.tokens.pad), prompt[:, :-4]], dim=1)
-    prompts = torch.cat([prompt, padded])
-    mask = torch.ones_like(prompts)
-    mask[1, :4] = 0
-    strategy = _strategy(case)
-    out = _run("dream", prompts, strategy, _settings(case), mask=mask)
-    assert out.sequences[0].tolist() == case["expected_output_ids"][0]
-    for kept in strategy.kept_positions:
-        assert not ((kept[:, 1] < 4).any())
+def _left_padded(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(p.shape[0] for p in prompts)
+    ids = torch.stack([F.pad(p, (width - p.shape[0], 0), value=pad) for p in prompts])
+    mask = torch.stack([F.pad(torch.ones_like(p), (width - p.shape[0], 0)) for p in prompts])
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    ("family", "options"),
+    [("llada", {}), ("dream", {}), ("llada", {"joint_selection": False, "kernel_size": 2, "kept_order": "position"})],
+)
+def test_left_padded_rows_equal_their_batch_of_one(family, options):
+    """A padded row keeps its own floor((L_row - B) * keep_ratio) keys, chosen among its own keys only."""
+    case = _robust_case(family)
+    model = tiny_model(family)
+    generator = torch.Generator().manual_seed(11)
+    first = torch.tensor(case["prompt_ids"][0])
+    shorter = [torch.randint(0, model.spec.tokens.mask - 1, (n,), generator=generator) for n in (15, 8)]
+    prompts = [first, *shorter]
+    ids, mask = _left_padded(prompts, model.spec.tokens.pad)
+    batched = _strategy(case, **options)
+    out = _run(family, ids, batched, _settings(case), mask=mask)
+    if not options:
+        assert out.sequences[0].tolist() == case["expected_output_ids"][0]
+    block, ratio = case["block_length"], case["model_config"]["keep_ratio"]
+    kept_per_row = []
+    for row, prompt in enumerate(prompts):
+        pad = ids.shape[1] - prompt.shape[0]
+        alone = _strategy(case, **options)
+        single = _run(family, prompt[None], alone, _settings(case))
+        assert torch.equal(out.sequences[row, pad:], single.sequences[0])
+        budget = int((single.sequences.shape[1] - block) * ratio)
+        for kept_batched, kept_alone in zip(batched.kept_positions, alone.kept_positions, strict=True):
+            used = kept_batched[:, row, :budget]
+            assert (kept_batched[:, row, budget:] == UNUSED_SLOT).all()
+            assert torch.equal(used - pad, kept_alone[:, 0])  # pads never kept: every position is >= pad
+        kept_per_row.append(budget)
+    assert kept_per_row == sorted(set(kept_per_row), reverse=True)  # three different budgets
+    assert batched.cache.keep == kept_per_row[0]
+    assert out.stats["kept_keys_per_layer"] == sum(kept_per_row) / len(kept_per_row)
+
+
+def test_a_row_below_the_largest_budget_hides_its_empty_slots():
+    cache = SparseKVCache(1, 2, 1, 3, 2, 4, torch.float32, torch.device("cpu"), padded=True)
+    k, v = torch.randn(2, 1, 6, 4), torch.randn(2, 1, 6, 4)
+    cache.store_row(0, 1, torch.tensor([4, 0]), k, v)
+    keys, values, mask = cache.with_block(0, torch.zeros(2, 1, 2, 4), torch.zeros(2, 1, 2, 4))
+    assert torch.equal(keys[1, :, :2], k[1][:, [4, 0]]) and torch.equal(values[1, :, :2], v[1][:, [4, 0]])
+    assert mask[1].tolist() == [True, True, False, True, True] and mask[0].all()
+    assert cache.positions[0, 1].tolist() == [4, 0, UNUSED_SLOT]
+    unpadded = SparseKVCache(1, 2, 1, 3, 2, 4, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="row 1 keeps 2 < 3 keys"):
+        unpadded.store_row(0, 1, torch.tensor([4, 0]), k, v)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,11 @@ the non-block keys (prefix and suffix) against the block's queries and keeps the
 important ``keep_ratio`` of them, post-RoPE; every later step runs only the block, at its
 absolute positions, attending to [kept K/V ; fresh block K/V]. Spec:
 ``specs/sparse-dllm-and-dyllm.md`` part A; official code OpenMOSS/Sparse-dLLM.
+
+Batches (the official code runs batch 1): each row selects on its own. A padded row
+scores, pools and keeps only its own non-pad keys, with the budget of its unpadded length,
+so it keeps exactly what its batch-1 run keeps; the cache has the batch's largest budget
+and hides the slots a row leaves empty.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from ..models.core import DiffusionTransformer
 from ..models.rope import RopeTable
 from .base import ForwardStrategy, MethodConfig
 from .registry import register
-from .sparse_dllm_cache import SparseKVCache, block_importance, candidate_positions, kept_count, select_kept
+from .sparse_dllm_cache import (
+    OwnKeys,
+    SparseKVCache,
+    block_importance,
+    candidate_positions,
+    kept_count,
+    own_keys,
+    select_kept,
+)
 
 KEPT_ORDERS = ("importance", "position")
 
@@ -31,7 +44,8 @@ class SparseDLLMConfig(MethodConfig):
     """Sparse-dLLM options; the defaults are the official code's and the paper's.
 
     keep_ratio: fraction of the L - block_length non-block keys each layer keeps
-        (``floor`` of the product, as the official ``int()``).
+        (``floor`` of the product, as the official ``int()``); in a padded batch L is the
+        row's own unpadded length.
     kernel_size: max-pool window over the importance scores; None = no pooling (the
         official LLaDA wrapper's default; every shipped config passes 3).
     delay: the step within a block whose dense pass builds the cache (official 1: one
@@ -116,17 +130,26 @@ class SparseDLLM(ForwardStrategy):
         spec, block = model.spec, canvas.settings.block_length
         theta = spec.rope_theta * self.config.scaling_factor
         self.rope = RopeTable(canvas.positions, spec.head_dim, theta, spec.rope_in_fp32, model.dtype, spec.rope_scaling)
-        keep = kept_count(canvas.length - block, self.config.keep_ratio)
+        # None: every row has the same keys (no padding); else each row's own keys and budget
+        self.rows: list[OwnKeys] | None = None
+        self.budgets = [kept_count(canvas.length - block, self.config.keep_ratio)]
+        if canvas.key_mask is not None:
+            self.rows = own_keys(canvas.key_mask, canvas.prompt_length)
+            self.budgets = [kept_count(row.length - block, self.config.keep_ratio) for row in self.rows]
+        keep = max(self.budgets)
         shape = (spec.n_layers, canvas.x.shape[0], spec.n_kv_heads, keep, block, spec.head_dim)
-        self.cache = SparseKVCache(*shape, model.dtype, model.device, padded=canvas.key_mask is not None)
+        self.cache = SparseKVCache(*shape, model.dtype, model.device, padded=self.rows is not None)
         self.trace: list[PassRecord] = []
         self.kept_positions: list[torch.Tensor] = []
         for key in ("attention_flops", "attention_flops_dense", "dense_passes", "sparse_passes"):
             canvas.stats[key] = 0.0
-        canvas.stats["kept_keys_per_layer"] = float(keep)
+        canvas.stats["kept_keys_per_layer"] = sum(self.budgets) / len(self.budgets)
 
     def begin_block(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         self.candidates = candidate_positions(canvas.length, canvas.block_start, canvas.block_end, model.device)
+        if self.rows is not None:
+            block = canvas.settings.block_length
+            self.row_candidates = [row.candidates(canvas.block, block) for row in self.rows]
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         if canvas.block_step > self.config.delay:
@@ -173,16 +196,24 @@ class SparseDLLM(ForwardStrategy):
         return model.shift_logits(model.logits(x))
 
     def _select(self, layer: int, q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, canvas: Canvas) -> None:
-        candidates = self.candidates
+        if self.rows is None:
+            kept = self._keep(q_block, k, self.candidates, canvas.block_start, self.cache.keep)
+            self.cache.store(layer, self.candidates[kept], k, v)
+            return
+        # Row by row, on tensors shaped as in the row's batch-1 run, so ties break the same way.
+        for row, ((candidates, prefix), keep) in enumerate(zip(self.row_candidates, self.budgets, strict=True)):
+            one = slice(row, row + 1)
+            kept = self._keep(q_block[one], k[one], candidates, prefix, keep)
+            self.cache.store_row(layer, row, candidates[kept[0]], k, v)
+
+    def _keep(
+        self, q_block: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor, prefix: int, keep: int
+    ) -> torch.Tensor:
+        """[B, keep] indices into ``candidates`` of the keys to keep, in the configured order."""
         importance = block_importance(q_block, k.index_select(2, candidates))
-        invalid = None if canvas.key_mask is None else ~canvas.key_mask.index_select(1, candidates)
-        budget = None
-        if not self.config.joint_selection:
-            budget = (canvas.block_start, kept_count(canvas.block_start, self.config.keep_ratio))
-        kept = select_kept(importance, self.cache.keep, self.config.kernel_size, budget, invalid)
-        if self.config.kept_order == "position":
-            kept = kept.sort(dim=-1).values
-        self.cache.store(layer, candidates[kept], k, v, canvas.key_mask)
+        budget = None if self.config.joint_selection else (prefix, kept_count(prefix, self.config.keep_ratio))
+        kept = select_kept(importance, keep, self.config.kernel_size, budget)
+        return kept.sort(dim=-1).values if self.config.kept_order == "position" else kept
 
     def _record(self, model: DiffusionTransformer, canvas: Canvas, kind: str, queries: int, keys: int) -> None:
         """Count the pass; FLOPs are per sequence (QK^T and AV, 2 per multiply-add), so they average over samples."""

@@ -7,8 +7,12 @@ output and ``torch.topk`` breaks max-pool ties by its own internal order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+UNUSED_SLOT = -1  # the position recorded for a kept slot a row's budget leaves empty
 
 
 def kept_count(candidates: int, keep_ratio: float) -> int:
@@ -19,6 +23,33 @@ def kept_count(candidates: int, keep_ratio: float) -> int:
 def candidate_positions(length: int, block_start: int, block_end: int, device: torch.device) -> torch.Tensor:
     """Absolute positions of the candidates in the official order: prefix, then suffix."""
     return torch.cat([torch.arange(0, block_start, device=device), torch.arange(block_end, length, device=device)])
+
+
+@dataclass(frozen=True)
+class OwnKeys:
+    """A padded row's own (non-pad) keys, so it scores, pools and keeps exactly as its batch-1 run.
+
+    Its candidates are a contiguous array in the official order with no pad in between, so
+    max-pool windows, ``torch.topk`` tie order and the budget all see what the row alone sees.
+    """
+
+    positions: torch.Tensor  # [L_row] absolute positions of the row's non-pad keys, ascending
+    prompt: int  # how many of them belong to the prompt
+
+    @property
+    def length(self) -> int:
+        return self.positions.shape[0]
+
+    def candidates(self, block: int, block_length: int) -> tuple[torch.Tensor, int]:
+        """The row's non-block keys (prefix, then suffix) as absolute positions, and the prefix's length."""
+        split = self.prompt + block * block_length
+        return torch.cat([self.positions[:split], self.positions[split + block_length :]]), split
+
+
+def own_keys(key_mask: torch.Tensor, prompt_length: int) -> list[OwnKeys]:
+    """Every row's :class:`OwnKeys`; reads the mask on the host once per generation."""
+    prompts = key_mask[:, :prompt_length].sum(dim=1).tolist()
+    return [OwnKeys(row.nonzero().squeeze(1), prompt) for row, prompt in zip(key_mask, prompts, strict=True)]
 
 
 def block_importance(q_block: torch.Tensor, k_candidates: torch.Tensor) -> torch.Tensor:
@@ -52,7 +83,6 @@ def select_kept(
     keep: int,
     kernel_size: int | None,
     prefix_budget: tuple[int, int] | None = None,
-    invalid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[B, keep] candidate indices in ``torch.topk`` order (descending pooled importance).
 
@@ -60,26 +90,16 @@ def select_kept(
     across their seam (official). ``(prefix_length, prefix_keep)``: the first
     ``prefix_length`` candidates keep ``prefix_keep`` of their own and the suffix the rest
     of ``keep``, each pooled and ranked on its own; the prefix's picks come first.
-    ``invalid`` [B, N] marks padded candidates; they rank last.
+    Pads must not be among the candidates (see :class:`OwnKeys`).
     """
     if prefix_budget is None:
-        return torch.topk(_rankable(importance, kernel_size, invalid), keep, dim=-1).indices
+        return torch.topk(max_pool(importance, kernel_size), keep, dim=-1).indices
     split, prefix_keep = prefix_budget
     parts = []
     for lo, hi, k in ((0, split, prefix_keep), (split, importance.shape[-1], keep - prefix_keep)):
-        part_invalid = None if invalid is None else invalid[:, lo:hi]
-        ranked = _rankable(importance[:, lo:hi], kernel_size, part_invalid)
+        ranked = max_pool(importance[:, lo:hi], kernel_size)
         parts.append(torch.topk(ranked, k, dim=-1).indices + lo)
     return torch.cat(parts, dim=-1)
-
-
-def _rankable(importance: torch.Tensor, kernel_size: int | None, invalid: torch.Tensor | None) -> torch.Tensor:
-    if invalid is None:
-        return max_pool(importance, kernel_size)
-    # Padded keys neither lend their score to neighbours nor take a slot from a real key.
-    hidden = torch.tensor(-torch.inf, dtype=importance.dtype, device=importance.device)
-    pooled = max_pool(torch.where(invalid, hidden, importance), kernel_size)
-    return torch.where(invalid, hidden, pooled)
 
 
 class SparseKVCache:
@@ -87,7 +107,9 @@ class SparseKVCache:
 
     Preallocated once per generation and written in place, so block passes see tensors
     of a fixed shape and address (no per-step concatenation). ``key_mask`` exists only
-    for padded batches: False marks a kept slot that holds a padded key.
+    for padded batches, whose rows keep their own budgets (:meth:`store_row`) within the
+    batch's largest ``keep``: False marks a kept slot a row leaves empty (``positions``
+    then records ``UNUSED_SLOT``).
     """
 
     def __init__(
@@ -116,15 +138,25 @@ class SparseKVCache:
         positions: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
     ) -> None:
         """Keep the keys/values of ``k``/``v`` [B, H_kv, L, D] at ``positions`` [B, keep], in that order."""
         index = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
         self.k[layer, :, :, : self.keep] = torch.gather(k, 2, index)
         self.v[layer, :, :, : self.keep] = torch.gather(v, 2, index)
         self.positions[layer] = positions
-        if self.key_mask is not None and key_mask is not None:
-            self.key_mask[layer, :, : self.keep] = torch.gather(key_mask, 1, positions)
+
+    def store_row(self, layer: int, row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep row ``row``'s keys/values at ``positions`` [n <= keep], in that order; slots past n stay hidden."""
+        used = positions.shape[0]
+        if used < self.keep and self.key_mask is None:
+            raise ValueError(f"row {row} keeps {used} < {self.keep} keys: hiding unused slots needs padded=True")
+        self.k[layer, row, :, :used] = k[row].index_select(1, positions)
+        self.v[layer, row, :, :used] = v[row].index_select(1, positions)
+        self.positions[layer, row, :used] = positions
+        self.positions[layer, row, used:] = UNUSED_SLOT
+        if self.key_mask is not None:
+            self.key_mask[layer, row, :used] = True
+            self.key_mask[layer, row, used : self.keep] = False
 
     def with_block(
         self, layer: int, k_block: torch.Tensor, v_block: torch.Tensor
