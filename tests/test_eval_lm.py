@@ -26,8 +26,6 @@ CONTEXTS = [
     "Hi",
 ]
 SAMPLER = {"gen_length": 32, "steps": 32, "block_length": 8}
-# Methods whose per-row result depends on the batch by the official design: a padded row differs.
-BATCH_DEPENDENT = {"sparse_dllm": "keeps floor(keep_ratio * (L - block)) keys, and L counts the batch's padding"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,11 +63,7 @@ def test_left_padded_batches_give_the_batch_1_answers(family, method):
     """Identical completions for every prompt imply identical accuracy under any scorer."""
     single = _lm(family, method, batch_size=1).generate_until(_requests())
     batched = _lm(family, method, batch_size=3).generate_until(_requests())
-    if method in BATCH_DEPENDENT:
-        # rows 2 (the batch's longest prompt) and 3 (alone) are unpadded and must still agree
-        assert batched[2:] == single[2:], BATCH_DEPENDENT[method]
-    else:
-        assert batched == single
+    assert batched == single
 
 
 def test_a_prompt_longer_than_the_context_is_a_sample_error(tmp_path):
