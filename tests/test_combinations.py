@@ -405,6 +405,21 @@ def test_dyllm_dual_refresh_steps_are_dense_passes_per_block():
     assert kinds == ([FULL] * 3 + [SPARSE] * 5) * 2
 
 
+@pytest.mark.parametrize(("family", "policy"), [("llada", "fixed"), ("llada", "threshold"), ("dream", "threshold")])
+def test_dyllm_dual_padded_batch_equals_each_row_alone(family, policy):
+    """Left padding as DyLLM: each row keeps its own positions and kernel tiles."""
+    model = copy.deepcopy(tiny_model(family)).double()
+    long, short = prompts(1, 10, seed=1), prompts(1, 7, seed=2)
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[1, :3] = 0
+    settings = {"gen_length": 16, "steps": 16, "block_length": 8, **policy_settings(policy, family)}
+    out = generate(model, batch, mask, method="combined_dyllm_dual", **settings)
+    for row, (prompt, pad) in enumerate([(long, 0), (short, 3)]):
+        alone = generate(model, prompt, method="combined_dyllm_dual", **settings)
+        assert torch.equal(out.sequences[row, pad:], alone.sequences[0])
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
