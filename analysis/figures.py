@@ -48,6 +48,11 @@ def save(fig: plt.Figure, out: Path, name: str, banner: str | None) -> list[Path
     if banner:
         fig.text(0.5, 0.005, textwrap.fill(banner, 110), ha="center", va="bottom", fontsize=7, color="firebrick")
     fig.tight_layout(rect=(0, 0.05 if banner else 0, 1, 1))
+    return _write(fig, out, name)
+
+
+def _write(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    """PNG (for people) and PDF (for papers), then free the figure."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
@@ -235,12 +240,7 @@ def _save_heatmap(fig: plt.Figure, out: Path, name: str, banner: str | None) -> 
     """Like ``save`` for a constrained layout (tight_layout cannot place a shared colour bar)."""
     if banner:
         fig.supxlabel(textwrap.fill(banner, 110), fontsize=7, color="firebrick")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    return _write(fig, out, name)
 
 
 def recompute_figures(runs: pd.DataFrame, out: Path, banner: str | None) -> list[Path]:

@@ -41,6 +41,17 @@ def transfer_counts(trajectory: list[torch.Tensor], start: torch.Tensor, mask_id
     return counts
 
 
+def assert_matches_case(out, case: dict, prompt: torch.Tensor, mask_id: int) -> None:
+    """A generation equals a recorded official case: ids, NFE, per-step counts, trajectory."""
+    expected = torch.tensor(case["expected_output_ids"])
+    assert torch.equal(out.sequences, expected)
+    assert out.nfe == case["nfe"]
+    start = torch.cat([prompt, torch.full_like(expected[:, prompt.shape[1] :], mask_id)], dim=1)
+    assert transfer_counts(out.trajectory, start, mask_id) == case["transfer_counts_per_step"]
+    if "trajectory" in case:
+        assert torch.equal(torch.stack(out.trajectory), torch.tensor(case["trajectory"]["states"]))
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     path = fixtures_dir()

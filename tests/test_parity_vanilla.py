@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_cases, tiny_model, transfer_counts
+from conftest import assert_matches_case, load_cases, tiny_model
 from safetensors.torch import load_file
 
 from dllm_accel import generate
@@ -50,13 +50,7 @@ def test_generation_matches_official(family, case):
     if case.get("rng_dependent"):
         torch.manual_seed(case["torch_manual_seed"])
     out = generate(model, prompt, mask, output_history=True, **case["settings"])
-    expected = torch.tensor(case["expected_output_ids"])
-    assert torch.equal(out.sequences, expected)
-    assert out.nfe == case["nfe"]
-    start = torch.cat([prompt, torch.full_like(expected[:, prompt.shape[1] :], model.spec.tokens.mask)], dim=1)
-    assert transfer_counts(out.trajectory, start, model.spec.tokens.mask) == case["transfer_counts_per_step"]
-    if "trajectory" in case:
-        assert torch.equal(torch.stack(out.trajectory), torch.tensor(case["trajectory"]["states"]))
+    assert_matches_case(out, case, prompt, model.spec.tokens.mask)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

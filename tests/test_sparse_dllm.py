@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_cases, tiny_model, transfer_counts
+from conftest import assert_matches_case, load_cases, tiny_model
 
 from dllm_accel import build_method, generate, load_model
 from dllm_accel.generation import Canvas, SamplerSettings
@@ -54,13 +54,7 @@ def test_matches_official(family, case):
     prompt = torch.tensor(case["prompt_ids"])
     seed = case["torch_manual_seed"] if case.get("rng_dependent") else None
     out = _run(family, prompt, strategy, _settings(case), seed=seed)
-    expected = torch.tensor(case["expected_output_ids"])
-    assert torch.equal(out.sequences, expected)
-    assert out.nfe == case["nfe"]
-    start = torch.cat([prompt, torch.full_like(expected[:, prompt.shape[1] :], model.spec.tokens.mask)], dim=1)
-    assert transfer_counts(out.trajectory, start, model.spec.tokens.mask) == case["transfer_counts_per_step"]
-    if "trajectory" in case:
-        assert torch.equal(torch.stack(out.trajectory), torch.tensor(case["trajectory"]["states"]))
+    assert_matches_case(out, case, prompt, model.spec.tokens.mask)
     assert [r.kind for r in strategy.trace] == [PASS_KIND[s] for s in case["cache_state_per_step"]]
     assert out.stats["dense_passes"] == case["dense_forward_calls"]
     assert out.stats["sparse_passes"] == case["sparse_forward_calls"]
