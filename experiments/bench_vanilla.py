@@ -76,7 +76,9 @@ def bench(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     vocab_ordinary = model.spec.tokens.eos - 1
     prompt = torch.randint(0, vocab_ordinary, (args.batch, args.prompt), generator=generator).to(device)
     settings = {"gen_length": args.gen, "steps": args.steps, "block_length": args.block}
-    generate(model, prompt[:, :16], **{**settings, "gen_length": args.block, "steps": args.steps // (args.gen // args.block)})
+    generate(
+        model, prompt[:, :16], **{**settings, "gen_length": args.block, "steps": args.steps // (args.gen // args.block)}
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     synchronize(device)
