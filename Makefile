@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The demo's second half is a real evaluation: Hydra -> lm-eval -> results store, one table at the end.
-DEMO_METHODS ?= vanilla,fast_dllm,dllm_cache,sparse_dllm,dyllm
+DEMO_METHODS ?= vanilla,fast_dllm,dllm_cache,sparse_dllm,dyllm,combined_sparse_dllm_threshold,combined_dyllm_dual
 
 demo: $(STAMP)
 	$(PY) -m dllm_accel.demo

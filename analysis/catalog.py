@@ -78,7 +78,7 @@ METHOD_ORDER = (
     "dyllm",
 )
 
-PARALLEL_KEYS = ("threshold", "factor")  # Fast-dLLM's parallel decoding is a sampler setting
+PARALLEL_KEYS = ("threshold", "factor", "confidence_threshold")  # parallel decoding is a sampler setting
 CACHE_MODE_KEYS = ("mode", "cache", "cache_mode")
 
 
