@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -94,7 +96,7 @@ class RunStore:
         self.records[record["key"]] = record
 
     def write_config(self, text: str) -> None:
-        _atomic_write(self.dir / CONFIG, text)
+        atomic_write_text(self.dir / CONFIG, text)
 
     def finalize(
         self,
@@ -110,23 +112,17 @@ class RunStore:
             if doc_meta is not None and record["key"] in doc_meta:
                 record["doc_meta"] = doc_meta[record["key"]]
         records.sort(key=lambda r: (r["task"], r["doc_id"], r.get("repeat", 0)))
-        _atomic_write(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+        atomic_write_text(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
         return records
 
     def write_summary(self, summary: dict) -> Path:
         path = self.dir / SUMMARY
-        _atomic_write(path, json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
         return path
 
     def read_summary(self) -> dict | None:
         path = self.dir / SUMMARY
         return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_samples(directory: str | os.PathLike) -> list[dict]:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..paths import shared_dir
 
 TASK_TEMPLATES = Path(__file__).resolve().parent / "tasks"
@@ -74,7 +75,7 @@ def materialize_tasks(dest: Path, data_dir: Path, generated_dir: Path | None = N
         text = template.read_text()
         for key, value in replacements.items():
             text = text.replace(key, value)
-        (dest / template.name).write_text(text)
+        atomic_write_text(dest / template.name, text)
     return dest
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from .data import read_jsonl
 
 GENERATOR_VERSION = 1
@@ -180,9 +181,7 @@ def build_samples(task: str, lengths, depths, per_cell: int, seed: int, **kwargs
 
 
 def write_samples(path: Path, samples: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
-    return path
+    return atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in samples))
 
 
 # ------------------------------------------------------------------ scoring (lm-eval hooks)
