@@ -38,11 +38,39 @@ class Timing:
     wall_s: float = 0.0
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
+    # CPU runs: the process's peak resident memory during the call (Linux VmHWM, reset before it)
+    peak_rss_bytes: int | None = None
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def reset_rss_peak() -> bool:
+    """Reset the kernel's resident-memory high-water mark of this process (Linux only)."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_peak_bytes() -> int | None:
+    """VmHWM of this process: the most memory it has held resident since the last reset."""
+    try:
+        lines = _STATUS.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 @dataclass
 class Meter:
-    """Times generate calls with device synchronization; peak memory is reset before each."""
+    """Times generate calls with device synchronization; peak memory is reset before each
+    (CUDA allocator statistics on a GPU, the process's resident high-water mark on CPU)."""
 
     device: torch.device
     calls: int = 0
@@ -61,6 +89,7 @@ class Meter:
         self._sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        rss = not cuda and reset_rss_peak()
         start = time.perf_counter()
         try:
             yield timing
@@ -71,6 +100,8 @@ class Meter:
             if cuda:
                 timing.peak_allocated_bytes = torch.cuda.max_memory_allocated(self.device)
                 timing.peak_reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+            elif rss:
+                timing.peak_rss_bytes = rss_peak_bytes()
 
     def overhead(self) -> dict[str, float]:
         """Wall time since the meter started and the share spent outside generate."""
@@ -129,6 +160,7 @@ def summarize(records: list[dict]) -> dict:
     warm_batches = {k: v for k, v in batches.items() if not v["first_call"]}
     peaks = [b["peak_allocated_bytes"] for b in batches.values() if b.get("peak_allocated_bytes") is not None]
     reserved = [b["peak_reserved_bytes"] for b in batches.values() if b.get("peak_reserved_bytes") is not None]
+    resident = [b["peak_rss_bytes"] for b in batches.values() if b.get("peak_rss_bytes") is not None]
     latencies = [r["timing"]["wall_s"] for r in ok]
     stats: dict[str, list[float]] = {}
     for r in ok:
@@ -143,6 +175,7 @@ def summarize(records: list[dict]) -> dict:
             "mean": sum(peaks) / len(peaks) / GIB if peaks else None,
             "max": max(peaks) / GIB if peaks else None,
             "reserved_max": max(reserved) / GIB if reserved else None,
+            "rss_max": max(resident) / GIB if resident else None,
         },
         "method_stats": {k: sum(v) / len(v) for k, v in stats.items()},
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,6 +58,21 @@ def test_meter_times_each_call_and_flags_the_first():
     assert first.first_call and not second.first_call and second.batch_id == 1
     assert first.wall_s > 0 and meter.generate_s == pytest.approx(first.wall_s + second.wall_s)
     assert 0 <= meter.overhead()["outside_generate_share"] <= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_cpu_peak_is_the_resident_high_water_mark_of_each_call():
+    meter = Meter(torch.device("cpu"))
+    with meter.time() as small:
+        pass
+    with meter.time() as large:
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        del block
+    with meter.time() as after:  # the mark was reset: the freed block no longer counts
+        pass
+    assert small.peak_rss_bytes > 0 and small.peak_allocated_bytes is None
+    assert large.peak_rss_bytes >= small.peak_rss_bytes + 60 * 2**20
+    assert after.peak_rss_bytes < large.peak_rss_bytes - 60 * 2**20
 
 
 def test_environment_fingerprint():

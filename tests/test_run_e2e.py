@@ -89,7 +89,9 @@ def test_tiny_run_writes_samples_and_summary(reference):
     assert measurement["all"]["nfe_per_token"] == 1.0  # steps = gen_length
     assert measurement["warm"]["samples"] == 4  # the first call is reported apart
     assert {"p50", "p99"} == set(measurement["latency_s"])
-    assert {"mean", "max", "reserved_max"} == set(measurement["peak_memory_gib"])
+    assert {"mean", "max", "reserved_max", "rss_max"} == set(measurement["peak_memory_gib"])
+    if Path("/proc/self/clear_refs").exists():  # CPU: the process's resident high-water mark per call
+        assert measurement["peak_memory_gib"]["max"] is None and measurement["peak_memory_gib"]["rss_max"] > 0.05
     assert ENVIRONMENT_KEYS <= set(summary["environment"])
     records = read_samples(reference)
     assert len(records) == 5
