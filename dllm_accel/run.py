@@ -28,11 +28,12 @@ from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
 from .eval.report import HEADER, summary_row
 from .eval.schema import register
+from .eval.tiny_tasks import TINY_TASKS, write_tiny_samples
 from .generation.settings import SamplerSettings
 from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
 from .models import load_model, load_spec, load_tokenizer
-from .paths import shared_dir
+from .paths import REPO_ROOT, shared_dir
 from .results import RunStore, config_hash, run_directory, sample_key
 from .tracking import Tracker, resolve_mode
 
@@ -51,6 +52,8 @@ LONG_CONTEXT_TASKS = (
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("dllm_shared"):
         OmegaConf.register_new_resolver("dllm_shared", lambda relative="": str(shared_dir() / relative))
+    if not OmegaConf.has_resolver("dllm_repo"):
+        OmegaConf.register_new_resolver("dllm_repo", lambda relative="": str(REPO_ROOT / relative))
 
 
 register()
@@ -59,9 +62,10 @@ _register_resolvers()
 
 # ------------------------------------------------------------------ settings
 def sampler_settings(config: dict) -> dict:
-    """Task defaults, then the method's overrides, then the run's (experiment or command line)."""
+    """Task defaults, then the method's overrides, then the task's fixed window, then the run's."""
     merged: dict = {}
-    for layer in (config["task"].get("sampler"), config["method"].get("sampler"), config.get("sampler")):
+    layers = (config["task"].get("sampler"), config["method"].get("sampler"), config["task"].get("window"))
+    for layer in (*layers, config.get("sampler")):
         given = {k: v for k, v in (layer or {}).items() if v is not None}
         if given.keys() & _LENGTH_NAMES:  # gen_length and max_new_tokens are one setting
             for name in _LENGTH_NAMES:
@@ -221,6 +225,8 @@ def _prepare_tasks(config: dict, run_dir: Path, tokenizer, prompt: PromptFormat)
             gen_length=gen_length.gen_length or gen_length.max_new_tokens,
         )
         longctx.write_samples(tasks_dir / f"{kind}.jsonl", samples)
+    elif kind in TINY_TASKS:
+        write_tiny_samples(kind, tasks_dir, task["lengths"], task["samples_per_cell"], config["seed"])
     return tasks_dir
 
 

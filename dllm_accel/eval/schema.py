@@ -48,6 +48,9 @@ class TaskCfg:
     num_fewshot: int | None = None
     limit: int | None = None
     sampler: dict = field(default_factory=dict)
+    # settings the task fixes over a method preset's (the tiny model's tasks: answers trained for one
+    # generation window); the run's own ``sampler`` still wins
+    window: dict = field(default_factory=dict)
     # synthetic long-context tasks: lengths (tokens, chat template included), depths, samples per cell
     lengths: list = field(default_factory=list)
     depths: list = field(default_factory=list)
