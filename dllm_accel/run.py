@@ -204,6 +204,15 @@ def evaluate(cfg: DictConfig) -> dict | None:
         _free_memory()
 
 
+def _method_preset(config: dict) -> str:
+    """The ``conf/method`` file this run composed (several presets share one method name)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get("method") or config["method"]["name"]
+    return config["method"]["name"]
+
+
 def _prepare_tasks(config: dict, run_dir: Path, tokenizer, prompt: PromptFormat) -> Path:
     task = config["task"]
     data_dir = Path(config["data_dir"]) if config["data_dir"] else default_data_dir()
@@ -283,6 +292,7 @@ def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, mete
         "config_hash": config_hash(config),
         "model": config["model"]["name"],
         "method": config["method"]["name"],
+        "preset": _method_preset(config),
         "task": config["task"]["name"],
         "limit": config["task"]["limit"],
         "n_samples": len(current),

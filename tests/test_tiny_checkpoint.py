@@ -100,7 +100,7 @@ def test_preset_stays_within_its_margin_of_vanilla(preset):
         assert drop <= margin + 1e-9, f"{preset} on {task}: {drop:.2f} below vanilla, margin {margin:.2f}"
 
 
-@pytest.mark.parametrize("runner_task,method", [("tiny_passkey", "sparse_dllm"), ("tiny_arithmetic", "fast_dllm")])
+@pytest.mark.parametrize("runner_task,method", [("tiny_passkey", "sparse_dllm"), ("tiny_arithmetic", "fast_dllm_dual")])
 def test_runner_task_scores_what_the_generator_scores(tmp_path, runner_task, method):
     """``task=tiny_*`` under the runner: the same prompts, byte for byte, and the same hits as evaluate_samples."""
     results = tmp_path / "runs"
@@ -120,6 +120,7 @@ def test_runner_task_scores_what_the_generator_scores(tmp_path, runner_task, met
         model, tokenizer, TASKS[name], samples, method=entry["name"], **preset_settings(entry, TASKS[name])
     )
     summary = json.loads(summary_path.read_text())
+    assert (summary["preset"], summary["method"]) == (method, entry["name"])  # the table names the preset
     assert summary["accuracy"]["value"] == pytest.approx(direct.accuracy)
     assert [r["scores"]["score,none"] for r in sorted(records, key=lambda r: r["doc_id"])] == [
         float(TASKS[name].score(c, s)) for c, s in zip(direct.completions, samples, strict=True)

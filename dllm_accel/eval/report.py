@@ -7,7 +7,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
-HEADER = f"{'model':<20} {'method':<14} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'NFE/tok':>8} {'peak GiB':>9}"
+HEADER = f"{'model':<20} {'method':<30} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'NFE/tok':>8} {'peak GiB':>9}"
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -16,14 +16,15 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def summary_row(summary: dict) -> str:
     """Accuracy, tokens/s over all generated positions, NFE per token and peak memory of one run
-    (allocated on a GPU; on CPU the process's peak resident memory, marked ``r``)."""
+    (allocated on a GPU; on CPU the process's peak resident memory, marked ``r``), named by its
+    method preset (``fast_dllm`` and ``fast_dllm_dual`` are one method)."""
     rates = summary["measurement"]["all"]
     memory = summary["measurement"]["peak_memory_gib"]
     peak = _fmt(memory["max"], ".2f")
     if memory["max"] is None and memory.get("rss_max") is not None:
         peak = _fmt(memory["rss_max"], ".2f") + "r"
     return (
-        f"{summary['model']:<20} {summary['method']:<14} {summary['task']:<18} "
+        f"{summary['model']:<20} {summary.get('preset', summary['method']):<30} {summary['task']:<18} "
         f"{_fmt(summary['accuracy']['value']):>9} {_fmt(rates['tokens_per_s']['all_positions'], '.2f'):>9} "
         f"{_fmt(rates['nfe_per_token']):>8} {peak:>9}"
     )
