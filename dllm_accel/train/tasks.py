@@ -6,16 +6,19 @@
   content alone. RULER's five-digit key (and five position-specific letters) stayed at chance
   after 500 steps alone on this model, the one-symbol key reached a fifth: retrieval is the
   slowest skill here, and a longer key multiplies the steps it needs.
-- ``arithmetic``: three chained single-digit additions/subtractions written out step by step
-  in GSM8K's "Answer: ... #### N" format (decoding order and parallel commits matter).
+- ``arithmetic``: three chained single-digit additions/subtractions in GSM8K's
+  "Answer: ... #### N" format; the question is the answer's layout with every result blank
+  ("Question: 9 - 5 = ?. ? + 5 = ?. ? - 8 = ?."), and each result needs the one before it
+  (decoding order and parallel commits matter). Worded questions ("A box has 4 pears. Then it
+  sells 3. ...") were at 10-40% after 2,850 steps.
 - ``copy``: reproduce a 31-letter random span; the answer spans four blocks.
 
-Copy and arithmetic have a fixed layout (fixed span length, fixed-length words, single-digit
-numbers) and their answers fill the generation window but for one EOS: within a CPU budget a
-model this small learns position-aligned copying only when the alignment does not vary (a
-31-letter copy: ~100 steps; 16-40 letters: still at chance after 225), and long EOS tails slow
-that learning severalfold. Reversal was tried and dropped (alone, at chance after 300 steps).
-Passkey keeps the runner's format, where the needle's offset varies with depth and length.
+Copy and arithmetic have a fixed layout (fixed span length, single-digit numbers) and their
+answers fill the generation window but for one EOS: within a CPU budget a model this small
+learns position-aligned copying only when the alignment does not vary (a 31-letter copy: ~100
+steps; 16-40 letters: still at chance after 225), and long EOS tails slow that learning
+severalfold. Reversal was tried and dropped (alone, at chance after 300 steps). The passkey
+needle's offset varies with depth and length, so it can only be found by content.
 
 A sample is a pure function of its arguments (``random.Random`` seeded with a string, as
 specs/evaluation-settings-and-long-context.md 6.1 asks). A stable hash puts one sample in
