@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,22 @@ def test_meter_times_each_call_and_flags_the_first():
     assert 0 <= meter.overhead()["outside_generate_share"] <= 1
 
 
+def _touch_fresh_pages(size: int) -> None:
+    """Fault in ``size`` bytes of new anonymous memory (a freed tensor may come back from the
+    allocator's already-resident pages, which no RSS measure can see)."""
+    with mmap.mmap(-1, size) as block:
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cpu_peak_is_the_resident_high_water_mark_of_each_call():
     meter = Meter(torch.device("cpu"))
     with meter.time() as small:
         pass
     with meter.time() as large:
-        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
-        del block
-    with meter.time() as after:  # the mark was reset: the freed block no longer counts
+        _touch_fresh_pages(64 * 2**20)
+    with meter.time() as after:  # the mark was reset: the unmapped block no longer counts
         pass
     assert small.peak_rss_bytes > 0 and small.peak_allocated_bytes is None
     assert large.peak_rss_bytes >= small.peak_rss_bytes + 60 * 2**20
