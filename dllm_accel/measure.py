@@ -56,7 +56,10 @@ def reset_rss_peak() -> bool:
 
 
 def rss_peak_bytes() -> int | None:
-    """VmHWM of this process: the most memory it has held resident since the last reset."""
+    """VmHWM of this process: the most memory it has held resident since the last reset.
+
+    A coarse CPU figure: memory the allocator hands back from pages the process already holds
+    resident does not raise it, so it can miss part of a call's own allocations."""
     try:
         lines = _STATUS.read_text().splitlines()
     except OSError:
