@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean reproduce sweep tables figures train-tiny eval-tiny
+.PHONY: install demo test test-fast lint clean reproduce sweep tables figures train-tiny eval-tiny
 
 # `make reproduce` runs every paper-table experiment then the tables and figures; SCOPE=smoke runs
 # them on the tiny checkpoints on CPU (results/smoke/), TABLE=<experiment> runs one, LAUNCHER=slurm_1gpu
@@ -33,6 +33,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The fast tier: everything not marked slow (a couple of CPU-minutes).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
