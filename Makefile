@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test test-fast lint clean reproduce sweep tables figures train-tiny eval-tiny
 
 # `make reproduce` runs every paper-table experiment then the tables and figures; SCOPE=smoke runs
-# them on the tiny checkpoints on CPU (results/smoke/), TABLE=<experiment> runs one, LAUNCHER=slurm_1gpu
+# them on the tiny checkpoints on CPU (into the ignored outputs/smoke/), TABLE=<experiment> runs one, LAUNCHER=slurm_1gpu
 # sends each table to SLURM. `make sweep NAME=dyllm` runs conf/experiment/sweep_dyllm.yaml.
 SCOPE ?= full
 REPRODUCE = $(PY) experiments/reproduce.py --scope $(SCOPE) $(if $(LAUNCHER),--launcher $(LAUNCHER))

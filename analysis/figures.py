@@ -55,8 +55,9 @@ def _write(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     """PNG (for people) and PDF (for papers), then free the figure."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    # no creation date or version stamp: the same data gives byte-identical files
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None, "Producer": None, "Creator": None})
     plt.close(fig)
     return paths
 

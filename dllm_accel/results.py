@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .paths import REPO_ROOT, shared_dir
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -30,13 +31,33 @@ def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _portable(value: Any, roots: list[tuple[str, str]]) -> Any:
+    """``value`` with paths inside this checkout or the shared folder written relative to them."""
+    if isinstance(value, dict):
+        return {k: _portable(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v, roots) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        for root, label in roots:
+            if value == root or value.startswith(root + os.sep):
+                return label + value[len(root) :]
+    return value
+
+
 def config_hash(config: dict) -> str:
-    """Hash of the settings that can change results (``task.limit`` excluded: it only selects docs)."""
+    """Hash of the settings that can change results (``task.limit`` excluded: it only selects docs).
+
+    Paths inside the checkout or the shared folder count relative to them, so the same run
+    from another clone, or another machine, finds the same directory and resumes.
+    """
     relevant = {k: v for k, v in config.items() if k not in NEUTRAL_KEYS}
     task = dict(relevant.get("task", {}))
     task.pop("limit", None)
     relevant["task"] = task
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    roots = [(str(REPO_ROOT), "<repo>"), (os.path.abspath(shared_dir()), "<shared>")]
+    roots.sort(key=lambda pair: -len(pair[0]))  # the deeper root first, whichever contains the other
+    portable = _portable(relevant, roots)
+    return hashlib.sha256(json.dumps(portable, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def run_directory(root: str | os.PathLike, config: dict) -> Path:

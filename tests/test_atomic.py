@@ -37,3 +37,17 @@ def test_a_failed_write_leaves_the_old_content_and_no_temporary(tmp_path, monkey
     except OSError as error:
         assert "disk full" in str(error)
     assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["summary.json"]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    """Result files were 0600: a collaborator in the same group could not read them."""
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        importlib.reload(atomic)
+        path = atomic.atomic_write_text(tmp_path / "summary.json", "{}")
+    finally:
+        os.umask(old)
+        importlib.reload(atomic)
+    assert path.stat().st_mode & 0o777 == 0o644

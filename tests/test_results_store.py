@@ -83,3 +83,25 @@ def test_directory_names_follow_the_settings_that_change_results():
     assert config_hash(CONFIG | {"seed": 2}) != same
     assert config_hash(CONFIG | {"method": {"name": "vanilla", "options": {"x": 1}}}) != same
     assert str(run_directory("/r", CONFIG)) == f"/r/exp/llada_tiny/vanilla-{same}/gsm8k"
+
+
+def test_the_hash_is_free_of_machine_paths(monkeypatch, tmp_path):
+    """The same run from another clone (another checkout path, another shared folder) must find
+    the same directory and resume; a different checkpoint must not."""
+    from dllm_accel import results
+
+    def config_in(repo, shared):
+        return CONFIG | {
+            "model": {"name": "m", "path": f"{repo}/checkpoints/tiny-llada"},
+            "data_dir": f"{shared}/data",
+        }
+
+    monkeypatch.setattr(results, "REPO_ROOT", tmp_path / "clone_a")
+    monkeypatch.setenv("DLLM_ACCEL_SHARED", str(tmp_path / "shared_a"))
+    here = config_hash(config_in(tmp_path / "clone_a", tmp_path / "shared_a"))
+    monkeypatch.setattr(results, "REPO_ROOT", tmp_path / "elsewhere" / "clone_b")
+    monkeypatch.setenv("DLLM_ACCEL_SHARED", str(tmp_path / "elsewhere" / "shared_b"))
+    assert config_hash(config_in(tmp_path / "elsewhere" / "clone_b", tmp_path / "elsewhere" / "shared_b")) == here
+    other = config_in(tmp_path / "elsewhere" / "clone_b", tmp_path / "elsewhere" / "shared_b")
+    other["model"]["path"] += "-v2"
+    assert config_hash(other) != here
