@@ -367,8 +367,9 @@ class _Watched(DyLLMDualCache):
 def _outside(cache, canvas) -> tuple[torch.Tensor, ...]:
     outside = torch.ones(canvas.length, dtype=torch.bool)
     outside[canvas.block_slice] = False
+    rows = slice(0, canvas.length)  # K, V and FFN caches end with a write-only sink row
     return tuple(
-        t[..., outside, :].clone() if t.dim() == 4 else t[:, outside].clone()
+        t[..., rows, :][..., outside, :].clone() if t.dim() == 4 else t[:, rows][:, outside].clone()
         for t in (cache.k, cache.v, cache.c, cache.f)
     )
 

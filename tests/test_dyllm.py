@@ -203,6 +203,12 @@ def test_eos_early_exit_as_the_engine_scheduler():
 # -- the kernel ---------------------------------------------------------------------------
 
 
+def dense_delta(q, keys, delta_v, starts, quirks, pv_dtype=None):
+    """The kernel with dV given on every key column."""
+    columns = torch.arange(keys.shape[2]).expand(keys.shape[0], -1)
+    return context_delta(q, keys, delta_v, columns, starts, quirks, pv_dtype)
+
+
 def _two_tile_example() -> tuple[torch.Tensor, ...]:
     """One request of 65 keys (a full tile and a tile with 1 real key), D = 4, q = 0.
 
@@ -231,7 +237,7 @@ def test_kernel_quirks_on_a_hand_derived_example():
     e = math.exp(-0.5)
 
     def delta(quirks):
-        return context_delta(q, keys, delta_v, starts, quirks)[0, 0, 0, :2].tolist()
+        return dense_delta(q, keys, delta_v, starts, quirks)[0, 0, 0, :2].tolist()
 
     assert delta(KERNELS["fixed"]) == pytest.approx([1 / 65, 1 / 65], abs=1e-15)
     assert delta(KERNELS["legacy"]) == pytest.approx([1 / (64 * (1 + e)), e / (64 * (1 + e))], abs=1e-15)
@@ -247,8 +253,8 @@ def test_legacy_differs_only_with_padded_keys_or_a_second_tile(length, differ):
     keys = torch.randn(1, 2, length, 8, dtype=torch.float64, generator=g)
     delta_v = torch.randn(1, 2, length, 8, dtype=torch.float64, generator=g)
     starts = torch.zeros(1, dtype=torch.long)
-    fixed = context_delta(q, keys, delta_v, starts, KERNELS["fixed"])
-    legacy = context_delta(q, keys, delta_v, starts, KERNELS["legacy"])
+    fixed = dense_delta(q, keys, delta_v, starts, KERNELS["fixed"])
+    legacy = dense_delta(q, keys, delta_v, starts, KERNELS["legacy"])
     assert (not torch.allclose(fixed, legacy, atol=1e-6)) == differ
 
 
@@ -272,7 +278,7 @@ def test_approximate_context_is_exact_when_only_values_change():
         scores = scores.masked_fill(~key_mask[:, None, None, :], -torch.inf)
         return torch.softmax(scores, -1) @ v.repeat_interleave(2, 1)
 
-    approx = attend(v_old) + context_delta(q, keys, v_new - v_old, starts, KERNELS["fixed"])
+    approx = attend(v_old) + dense_delta(q, keys, v_new - v_old, starts, KERNELS["fixed"])
     assert (approx - attend(v_new)).abs().max() < 1e-10
 
 

@@ -58,6 +58,7 @@ def denoise(
                 canvas.trajectory.append(canvas.x.clone())
             if _all_finished(canvas):
                 break
+    strategy.finish(model, canvas)
     return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
 
 

@@ -53,6 +53,9 @@ class ForwardStrategy(ABC):
     def after_commit(self, canvas: Canvas, commit: Commit) -> None:
         """Called after the loop wrote a commit into ``canvas.x``."""
 
+    def finish(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        """Called once after the last step: statistics kept on the device are read here, once."""
+
 
 def dense_logits(model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
     """One full-sequence pass, with LLaDA-style classifier-free guidance when asked for.

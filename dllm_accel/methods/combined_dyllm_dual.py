@@ -114,6 +114,9 @@ class DyLLMDualCache(ForwardStrategy):
     def after_commit(self, canvas: Canvas, commit: Commit) -> None:
         self.saliency.after_commit(canvas, commit)
 
+    def finish(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        self.saliency.finish(model, canvas)
+
     @property
     def trace(self) -> list[StepRecord]:
         """DyLLM's per-pass records: kind ``full`` for refreshes, ``sparse`` for block passes."""

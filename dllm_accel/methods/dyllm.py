@@ -84,22 +84,38 @@ class DyLLMConfig(MethodConfig):
 
 @dataclass
 class LayerCache:
-    k: torch.Tensor  # [B, H_kv, L, D] post-RoPE
-    v: torch.Tensor  # [B, H_kv, L, D]
-    c: torch.Tensor  # [B, H, L, D] attention context before o_proj
-    f: torch.Tensor  # [B, L, d_model] FFN output
+    """One layer's caches, allocated once per generation. K, V and the FFN output have one row
+    more than the sequence: a sink that padded slots of a salient-row selection write into, so
+    that no write needs to know how many slots are real."""
 
-    def rows(self, keep: torch.Tensor) -> LayerCache:
-        return LayerCache(self.k[keep], self.v[keep], self.c[keep], self.f[keep])
+    k: torch.Tensor  # [B, H_kv, L + 1, D] post-RoPE
+    v: torch.Tensor  # [B, H_kv, L + 1, D]
+    c: torch.Tensor  # [B, H, L, D] attention context before o_proj
+    f: torch.Tensor  # [B, L + 1, d_model] FFN output
+
+    @classmethod
+    def empty(cls, model: DiffusionTransformer, batch: int, length: int) -> LayerCache:
+        s = model.spec
+        kv = (batch, s.n_kv_heads, length + 1, s.head_dim)
+        options = {"dtype": model.dtype, "device": model.device}
+        return cls(
+            torch.empty(kv, **options),
+            torch.empty(kv, **options),
+            torch.empty(batch, s.n_heads, length, s.head_dim, **options),
+            torch.empty(batch, length + 1, s.d_model, **options),
+        )
 
 
 @dataclass
 class StepRecord:
     step: int  # 1-based global step
     kind: str  # full, sparse or pruned
-    # per layer: share of the step's query rows (of running requests, padding excluded) in
-    # the salient set the cosine test produced (this layer's FFN, next layer's K/V)
-    fractions: list[float] = field(default_factory=list)
+    # per layer [B] on the device: how many of each row's query rows the cosine test made salient
+    # (this layer's FFN, next layer's K/V); read once, when the generation ends
+    counts: list[torch.Tensor] = field(default_factory=list)
+    # the step's query rows of requests still running (padding excluded; on the device when it
+    # depends on data)
+    queried: torch.Tensor | int = 0
     # per layer [B, L] bool of those sets in absolute positions, when ``record_salient``
     salient: list[torch.Tensor] | None = None
 
@@ -121,33 +137,31 @@ class DyLLM(ForwardStrategy):
         self.quirks = KERNELS[self.config.kernel]
         self.key_mask = canvas.key_mask
         if canvas.key_mask is None:
-            self.positions = torch.arange(length, device=device).expand(batch, -1)
-            self.starts = torch.zeros(batch, dtype=torch.long, device=device)
+            positions = torch.arange(length, device=device)
+            self.starts = None
         else:
-            self.positions = (canvas.key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+            positions = (canvas.key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
             self.starts = (~canvas.key_mask).sum(dim=1)
-        self.rows = torch.arange(batch, device=device)  # canvas rows the caches hold, in batch order
-        self.caches: list[LayerCache] = []
+        self.rope = self._rope(model, positions)
+        self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
+        self.logits = torch.empty(batch, length, model.spec.vocab_size, dtype=model.dtype, device=device)
         self.seed = torch.zeros_like(canvas.x, dtype=torch.bool)
         self.trace: list[StepRecord] = []
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
-        self._drop_finished(canvas)
         kind, queries = self.plan(canvas)
         record = StepRecord(canvas.step + 1, kind, salient=[] if self.config.record_salient else None)
-        ids = canvas.x[self.rows]
+        # rows stopped by the EOS early exit stay in the batch (no host read to drop them) but
+        # select nothing, so they add no work to the salient paths and no count to the statistics
+        running = None if canvas.finished is None else ~canvas.finished
         if kind == FULL:
-            logits = self._full(model, ids)
+            hidden = self._full(model, canvas.x)
         else:
-            logits = self._sparse(model, ids, self.seed[self.rows, queries], queries, canvas, record)
+            hidden = self._sparse(model, canvas, queries, running, record)
         canvas.nfe += 1
         self.trace.append(record)
-        self._summarise(canvas)
-        if model.spec.logit_shift:
-            logits = _shift(logits, self.config.dream_packed_shift)
-        out = logits.new_zeros(canvas.x.shape[0], *logits.shape[1:])
-        out[self.rows] = logits
-        return out, queries
+        self._write_logits(model, hidden, queries, running)
+        return self.logits[:, queries], queries
 
     def plan(self, canvas: Canvas) -> tuple[str, slice]:
         """This step's kind and query rows: every row, or the response rows on pruned steps (spec B.4).
@@ -161,123 +175,7 @@ class DyLLM(ForwardStrategy):
         # the engine keeps the previous positions when a request commits nothing
         self.seed = torch.where(commit.index.any(dim=1, keepdim=True), commit.index, self.seed)
 
-    # -- passes -----------------------------------------------------------------------
-    def _full(self, model: DiffusionTransformer, ids: torch.Tensor) -> torch.Tensor:
-        """A dense pass (the blocks' primitives in ``Block.forward`` order) that refills every cache."""
-        rope = self._rope(model, self.positions[self.rows])
-        key_mask = self._key_mask()
-        x = model.embed(ids)
-        self.caches = []
-        for block in model.blocks:
-            q, k, v = block.qkv(block.attn_norm(x))
-            k = block.rope(k, rope)
-            ctx = block.attend(block.rope(q, rope), k, v, key_mask)
-            x = x + block.attn_out(ctx)
-            ffn = block.mlp(block.mlp_norm(x))
-            x = x + ffn
-            self.caches.append(LayerCache(k, v, ctx, ffn))
-        return model.logits(x)
-
-    def _sparse(
-        self,
-        model: DiffusionTransformer,
-        ids: torch.Tensor,
-        salient: torch.Tensor,
-        queries: slice,
-        canvas: Canvas,
-        record: StepRecord,
-    ) -> torch.Tensor:
-        """Query rows ``queries``; ``salient`` [B, T] is the layer-0 seed in query coordinates."""
-        positions = self.positions[self.rows]
-        real = torch.ones_like(salient) if self.key_mask is None else self._key_mask()[:, queries]
-        salient = salient & real
-        rope = self._rope(model, positions[:, queries])
-        x = model.embed(ids[:, queries])
-        for block, cache in zip(model.blocks, self.caches, strict=True):
-            h = block.attn_norm(x)
-            q = block.rope(block.query(h), rope)
-            context = self._attention(model, block, cache, h, q, salient, positions, queries)
-            cos = cosine(context, cache.c[:, :, queries], torch.promote_types(torch.float32, model.dtype))
-            salient = (cos < self.config.threshold) & real
-            context = context.to(model.dtype)
-            cache.c[:, :, queries] = context
-            x = x + block.attn_out(context)
-            h = block.mlp_norm(x)
-            index, valid = _index(salient)
-            if valid.any():
-                b, i = valid.nonzero(as_tuple=True)
-                ffn = block.mlp(_gather_rows(h, index))
-                cache.f[b, index[b, i] + queries.start] = ffn[b, i]
-            x = x + cache.f[:, queries]
-            self._record(record, salient, real, queries, canvas)
-        return model.logits(x)
-
-    def _attention(
-        self,
-        model: DiffusionTransformer,
-        block: Block,
-        cache: LayerCache,
-        h: torch.Tensor,
-        q: torch.Tensor,
-        salient: torch.Tensor,
-        positions: torch.Tensor,
-        queries: slice,
-    ) -> torch.Tensor:
-        """New contexts [B, H, T, D]: exact for salient rows (model dtype), approximated for the
-        rest in the kernel's accumulation dtype, before any rounding (the cosine sees these)."""
-        dtype = compute_dtype(model.dtype)
-        old = cache.c[:, :, queries]
-        index, valid = _index(salient)
-        if not valid.any():
-            return old.to(dtype)
-        b, i = valid.nonzero(as_tuple=True)
-        keys_at = index + queries.start
-        h_s = _gather_rows(h, index)
-        k_s = block.rope(block.key(h_s), self._rope(model, positions.gather(1, keys_at)))
-        v_s = block.value(h_s)
-        rows, cols = b, keys_at[b, i]
-        fresh_v = v_s.transpose(1, 2)[b, i]
-        delta_v = torch.zeros_like(cache.v)
-        delta_v[rows, :, cols] = fresh_v - cache.v[rows, :, cols]
-        cache.k[rows, :, cols] = k_s.transpose(1, 2)[b, i]
-        cache.v[rows, :, cols] = fresh_v
-        exact = block.attend(_gather_heads(q, index), cache.k, cache.v, self._key_mask())
-        pv_dtype = None if dtype == model.dtype else model.dtype
-        delta = context_delta(q.to(dtype), cache.k, delta_v, self.starts[self.rows], self.quirks, pv_dtype)
-        context = old.to(dtype) + delta
-        context[b, :, index[b, i]] = exact.transpose(1, 2)[b, i].to(dtype)
-        return context
-
-    # -- helpers ----------------------------------------------------------------------
-    def _rope(self, model: DiffusionTransformer, positions: torch.Tensor) -> RopeTable:
-        s = model.spec
-        half = model.dtype in (torch.bfloat16, torch.float16)
-        in_fp32 = s.rope_in_fp32 or (self.config.engine_rope and half)
-        return RopeTable(positions, s.head_dim, s.rope_theta, in_fp32, model.dtype, s.rope_scaling)
-
-    def _key_mask(self) -> torch.Tensor | None:
-        return None if self.key_mask is None else self.key_mask[self.rows]
-
-    def _drop_finished(self, canvas: Canvas) -> None:
-        """Requests stopped by the EOS early exit leave the batch and free their cache rows."""
-        if canvas.finished is None:
-            return
-        keep = ~canvas.finished[self.rows]
-        if bool(keep.all()):
-            return
-        self.rows = self.rows[keep]
-        self.caches = [cache.rows(keep) for cache in self.caches]
-
-    def _record(
-        self, record: StepRecord, salient: torch.Tensor, real: torch.Tensor, queries: slice, canvas: Canvas
-    ) -> None:
-        record.fractions.append(float(salient.sum()) / max(int(real.sum()), 1))
-        if record.salient is not None:
-            full = torch.zeros_like(canvas.x, dtype=torch.bool)
-            full[self.rows, queries] = salient
-            record.salient.append(full.cpu())
-
-    def _summarise(self, canvas: Canvas) -> None:
+    def finish(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         kinds = [r.kind for r in self.trace]
         canvas.stats.update({f"dyllm_{k}_steps": float(kinds.count(k)) for k in (FULL, SPARSE, PRUNED)})
         fractions = self.salient_fractions
@@ -290,32 +188,170 @@ class DyLLM(ForwardStrategy):
 
     @property
     def salient_fractions(self) -> torch.Tensor:
-        """[sparse steps, layers]: the per-step, per-layer salient fractions of this generation."""
-        rows = [r.fractions for r in self.trace if r.kind != FULL]
-        return torch.tensor(rows, dtype=torch.float64)
+        """[sparse steps, layers]: the per-step, per-layer salient fractions of this generation
+        (share of the step's query rows of running requests); one host read for all of them."""
+        sparse = [r for r in self.trace if r.kind != FULL]
+        if not sparse:
+            return torch.zeros(0, len(self.caches), dtype=torch.float64)
+        counts = torch.stack([torch.stack(r.counts).sum(dim=1) for r in sparse]).double()
+        queried = torch.stack([torch.as_tensor(r.queried, device=counts.device) for r in sparse])
+        queried = queried.double().clamp(min=1)
+        return (counts / queried[:, None]).cpu()
+
+    # -- passes -----------------------------------------------------------------------
+    def _full(self, model: DiffusionTransformer, ids: torch.Tensor) -> torch.Tensor:
+        """A dense pass (the blocks' primitives in ``Block.forward`` order) that refills every cache."""
+        length = ids.shape[1]
+        x = model.embed(ids)
+        for block, cache in zip(model.blocks, self.caches, strict=True):
+            q, k, v = block.qkv(block.attn_norm(x))
+            k = block.rope(k, self.rope)
+            ctx = block.attend(block.rope(q, self.rope), k, v, self.key_mask)
+            cache.k[:, :, :length] = k
+            cache.v[:, :, :length] = v
+            cache.c.copy_(ctx)
+            x = x + block.attn_out(ctx)
+            ffn = block.mlp(block.mlp_norm(x))
+            cache.f[:, :length] = ffn
+            x = x + ffn
+        return x
+
+    def _sparse(
+        self,
+        model: DiffusionTransformer,
+        canvas: Canvas,
+        queries: slice,
+        running: torch.Tensor | None,
+        record: StepRecord,
+    ) -> torch.Tensor:
+        """Query rows ``queries``; one host read per layer (the widest row's salient count)."""
+        width = queries.stop - queries.start
+        real = None if self.key_mask is None else self.key_mask[:, queries]
+        if running is not None:
+            real = running[:, None] if real is None else real & running[:, None]
+        record.queried = width * canvas.x.shape[0] if real is None else real.expand(-1, width).sum()
+        # layer 0: the positions decoded last step, all inside one block (an async check says so)
+        seed = self.seed[:, queries] if running is None else self.seed[:, queries] & running[:, None]
+        bound = min(width, canvas.settings.block_length)
+        torch._assert_async((seed.sum(dim=1) <= bound).all(), "dyllm: a step decoded more than a block")
+        index, valid = _first_true(seed, bound)
+        rope = self.rope.select(queries)
+        stat_dtype = torch.promote_types(torch.float32, model.dtype)
+        x = model.embed(canvas.x[:, queries])
+        for block, cache in zip(model.blocks, self.caches, strict=True):
+            h = block.attn_norm(x)
+            q = block.rope(block.query(h), rope)
+            context = self._attention(model, block, cache, h, q, index, valid, queries)
+            old = cache.c[:, :, queries]
+            salient = cosine(context, old, stat_dtype) < self.config.threshold
+            if real is not None:
+                salient &= real
+            counts = salient.sum(dim=1)
+            record.counts.append(counts)
+            index, valid = _first_true(salient, int(counts.max()))  # the layer's one host read
+            context = context.to(model.dtype)
+            old.copy_(context)
+            x = x + block.attn_out(context)
+            if index.shape[1]:
+                h = block.mlp_norm(x)
+                sink = torch.where(valid, index + queries.start, canvas.length)
+                cache.f.scatter_(1, _along(sink, 1, cache.f), block.mlp(_gather_rows(h, index)))
+            x = x + cache.f[:, queries]
+            self._record(record, salient, queries, canvas)
+        return x
+
+    def _attention(
+        self,
+        model: DiffusionTransformer,
+        block: Block,
+        cache: LayerCache,
+        h: torch.Tensor,
+        q: torch.Tensor,
+        index: torch.Tensor,
+        valid: torch.Tensor,
+        queries: slice,
+    ) -> torch.Tensor:
+        """New contexts [B, H, T, D]: exact for the salient rows ``index`` [B, W] (``valid`` slots,
+        model dtype), approximated for the rest in the kernel's accumulation dtype, before any
+        rounding (the cosine sees these)."""
+        dtype = compute_dtype(model.dtype)
+        old = cache.c[:, :, queries]
+        if not index.shape[1]:
+            return old.to(dtype)
+        length = cache.c.shape[2]
+        keys_at = index + queries.start
+        sink = torch.where(valid, keys_at, length)
+        h_s = _gather_rows(h, index)
+        k_s = block.rope(block.key(h_s), self.rope.select(keys_at))
+        v_s = block.value(h_s)
+        delta_v = (v_s - cache.v.gather(2, _along(keys_at, 2, v_s))) * valid[:, None, :, None]
+        cache.k.scatter_(2, _along(sink, 2, k_s), k_s)
+        cache.v.scatter_(2, _along(sink, 2, v_s), v_s)
+        keys, values = cache.k[:, :, :length], cache.v[:, :, :length]
+        q_s = q.gather(2, _along(index, 2, q))
+        exact = block.attend(q_s, keys, values, self.key_mask).to(dtype)
+        pv_dtype = None if dtype == model.dtype else model.dtype
+        context = context_delta(q.to(dtype), keys, delta_v, keys_at, self.starts, self.quirks, pv_dtype)
+        context.add_(old.to(dtype))
+        into = _along(index, 2, exact)
+        return context.scatter_(2, into, torch.where(valid[:, None, :, None], exact, context.gather(2, into)))
+
+    # -- helpers ----------------------------------------------------------------------
+    def _rope(self, model: DiffusionTransformer, positions: torch.Tensor) -> RopeTable:
+        s = model.spec
+        half = model.dtype in (torch.bfloat16, torch.float16)
+        in_fp32 = s.rope_in_fp32 or (self.config.engine_rope and half)
+        return RopeTable(positions, s.head_dim, s.rope_theta, in_fp32, model.dtype, s.rope_scaling)
+
+    def _write_logits(
+        self, model: DiffusionTransformer, hidden: torch.Tensor, queries: slice, running: torch.Tensor | None
+    ) -> None:
+        """Final norm and head into the generation's logits buffer, row by row (no new [B, T, V])."""
+        normed = model.final_norm(hidden)
+        if model.spec.logit_shift:
+            normed = _shift(normed, self.config.dream_packed_shift, running)
+        weight = model.head.weight.t()
+        for row in range(normed.shape[0]):
+            torch.mm(normed[row], weight, out=self.logits[row, queries])
+
+    def _record(self, record: StepRecord, salient: torch.Tensor, queries: slice, canvas: Canvas) -> None:
+        if record.salient is not None:
+            full = torch.zeros_like(canvas.x, dtype=torch.bool)
+            full[:, queries] = salient
+            record.salient.append(full.cpu())
 
 
-def _shift(logits: torch.Tensor, packed: bool) -> torch.Tensor:
-    """Dream's next-token shift. ``packed``: over the engine's packed batch, so each row's
-    first logits come from the previous row's last (the first row keeps its own)."""
-    shifted = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-    if packed and logits.shape[0] > 1:
-        shifted[1:, 0] = logits[:-1, -1]
+def _shift(x: torch.Tensor, packed: bool, running: torch.Tensor | None = None) -> torch.Tensor:
+    """Dream's next-token shift of rows [B, T, ...]. ``packed``: over the engine's packed batch,
+    so each request's first row comes from the previous running request's last (the first
+    keeps its own); ``running`` [B] marks the requests still in the batch (None: all)."""
+    shifted = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+    if not packed or x.shape[0] < 2:
+        return shifted
+    if running is None:
+        shifted[1:, 0] = x[:-1, -1]
+        return shifted
+    order = torch.arange(x.shape[0], device=x.device)
+    latest = torch.where(running, order, -1).cummax(dim=0).values
+    previous = torch.cat([latest.new_full((1,), -1), latest[:-1]])
+    has = (previous >= 0).view(-1, *[1] * (x.dim() - 2))
+    shifted[:, 0] = torch.where(has, x[previous.clamp(min=0), -1], x[:, 0])
     return shifted
 
 
-def _index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ascending true columns of each row of ``mask`` [B, T], padded: (index [B, n], valid [B, n])."""
-    counts = mask.sum(dim=1)
-    width = int(counts.max()) if mask.shape[0] else 0
-    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return order, valid
+def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ascending true columns of each row of ``mask`` [B, T], ``width`` slots per row:
+    (index [B, width], valid [B, width]); padded slots hold distinct false columns."""
+    valid, order = torch.sort(mask, dim=1, descending=True, stable=True)
+    return order[:, :width], valid[:, :width]
+
+
+def _along(index: torch.Tensor, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """``index`` [B, W] expanded to gather/scatter ``like``'s rows along ``dim`` (2: [B, H, W, D]; 1: [B, W, F])."""
+    if dim == 1:
+        return index[..., None].expand(-1, -1, like.shape[-1])
+    return index[:, None, :, None].expand(-1, like.shape[1], -1, like.shape[-1])
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def _gather_heads(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
+    return x.gather(1, _along(index, 1, x))

@@ -1,9 +1,9 @@
-"""A dense torch emulation of DyLLM's sparse-attention kernel, both published builds.
+"""DyLLM's sparse-attention kernel, both published builds, in PyTorch (CPU) and Triton (CUDA).
 
 A query row that is not salient keeps ``C_old + sum_j softmax_j(q K_j / sqrt(D)) dV_j``,
-where dV is zero except on the keys whose values were recomputed. The CUDA kernel walks
-each request's keys in 64-key tiles with an online softmax, and its two builds differ
-(spec B.9):
+where dV is zero except on the keys whose values were recomputed (the salient ones). The CUDA
+kernel walks each request's keys in 64-key tiles with an online softmax, and its two builds
+differ (spec B.9):
 
 - ``fixed`` (scale-snu): scores re-zeroed per tile and keys past the request's end masked,
   which is the exact softmax;
@@ -12,6 +12,13 @@ each request's keys in 64-key tiles with an online softmax, and its two builds d
   and the zero-padded keys of a request's last tile score like real keys (no -inf).
 
 Only approximated rows (and through them the saliency decisions) see the difference.
+
+Here dV is given compactly: its rows on the salient key columns only. The fixed build needs
+no tiles at all on CPU: one score matrix, the softmax statistics over all keys, and the PV
+product over the salient columns. Tiles matter only where the kernel's numerics depend on
+them: probabilities rounded to 16 bits before the PV product (relative to the running max of
+their tile, which a cumulative max over tile maxima gives) and the legacy carry, whose tile j
+depends on tile j-1's normalised scores, so that recurrence alone runs tile by tile.
 """
 
 from __future__ import annotations
@@ -45,53 +52,108 @@ def context_delta(
     q: torch.Tensor,
     keys: torch.Tensor,
     delta_v: torch.Tensor,
-    starts: torch.Tensor,
+    columns: torch.Tensor,
+    starts: torch.Tensor | None,
     quirks: KernelQuirks,
     pv_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``softmax(q K^T / sqrt(D)) dV`` per query row, computed tile by tile as the kernel does.
+    """``softmax(q K^T / sqrt(D)) dV`` per query row, with the kernel's numerics.
 
-    ``q`` [B, H, T, D]; ``keys`` and ``delta_v`` [B, H_kv, L, D], where row b's keys are the
-    columns ``starts[b]..L-1`` (left padding; the kernel sees one packed request per row).
-    Tiles start at each request's first key. ``pv_dtype`` is the dtype the probabilities
-    are rounded to before the PV product (the kernel's bf16 mma); None keeps them.
-    Returns [B, H, T, D] in ``q``'s dtype.
+    ``q`` [B, H, T, D] in the accumulation dtype; ``keys`` [B, H_kv, L, D], where row b's keys
+    are the columns ``starts[b]..L-1`` (left padding; None: all). ``delta_v`` [B, H_kv, W, D]
+    holds dV on the key columns ``columns`` [B, W] (distinct per row; rows of zeros allowed).
+    ``pv_dtype``: what the probabilities are rounded to before the PV product (the kernel's bf16
+    mma); None keeps them. Returns [B, H, T, D] in ``q``'s dtype.
     """
-    batch, heads, _, dim = q.shape
-    length = keys.shape[2]
-    lengths = length - starts
-    n_tiles = math.ceil(int(lengths.max()) / TILE)
-    columns = starts[:, None] + torch.arange(n_tiles * TILE, device=q.device)
-    real = columns < length
-    gather = columns.clamp(max=length - 1)[:, None, :, None].expand(-1, keys.shape[1], -1, dim)
-    keep = real[:, None, :, None]
-    k_tiles = (keys.gather(2, gather) * keep).to(q.dtype).repeat_interleave(heads // keys.shape[1], dim=1)
-    v_tiles = (delta_v.gather(2, gather) * keep).to(q.dtype).repeat_interleave(heads // keys.shape[1], dim=1)
-    row_tiles = (lengths + TILE - 1) // TILE
+    batch, heads, length, dim = q.shape
+    groups = heads // keys.shape[1]
+    # GQA without copying K: the query heads of one KV head become extra rows
+    grouped = q.reshape(batch, keys.shape[1], groups * length, dim)
+    scores = torch.matmul(grouped, keys.to(q.dtype).transpose(-1, -2))
+    if quirks.carry_scores or quirks.unmasked_padding:
+        weights = _tiled_weights(scores, columns, starts, quirks, dim**-0.5, pv_dtype)
+    else:
+        weights = _weights(scores.mul_(dim**-0.5), columns, starts, pv_dtype)
+    out = torch.matmul(weights, delta_v.to(q.dtype))
+    return out.view(batch, heads, length, dim)
 
-    scale = dim**-0.5
-    row_max = torch.full(q.shape[:3], -torch.inf, dtype=q.dtype, device=q.device)
+
+def _weights(
+    scores: torch.Tensor, columns: torch.Tensor, starts: torch.Tensor | None, pv_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """Softmax weights [B, H_kv, R, W] of the ``columns`` keys, normalised over every real key."""
+    total = scores.shape[-1]
+    if starts is not None:
+        padded = torch.arange(total, device=scores.device) < starts[:, None]
+        scores.masked_fill_(padded[:, None, None, :], -torch.inf)
+    picked = columns[:, None, None, :].expand(*scores.shape[:3], -1)
+    if pv_dtype is None:
+        row_max = scores.amax(dim=-1, keepdim=True)
+        chosen = scores.gather(-1, picked)
+        row_sum = scores.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+        return chosen.sub_(row_max).exp_().div_(row_sum)
+    # the kernel rounds exp(s - m_j), m_j the running max after the key's tile, then rescales
+    first = torch.zeros_like(columns[:, :1]) if starts is None else starts[:, None]
+    tile_of = ((torch.arange(total, device=scores.device) - first).clamp(min=0) // TILE).expand(scores.shape[0], -1)
+    n_tiles = math.ceil(total / TILE)
+    tile_max = torch.full((*scores.shape[:3], n_tiles), -torch.inf, dtype=scores.dtype, device=scores.device)
+    tile_max.scatter_reduce_(-1, tile_of[:, None, None, :].expand_as(scores), scores, "amax")
+    running = tile_max.cummax(dim=-1).values
+    row_max = running[..., -1:]
+    column_tiles = tile_of.gather(1, columns)[:, None, None, :].expand_as(picked)
+    local_max = running.gather(-1, column_tiles)
+    chosen = scores.gather(-1, picked)
+    row_sum = (scores - row_max).exp_().sum(dim=-1, keepdim=True)
+    rounded = (chosen - local_max).exp_().to(pv_dtype).to(scores.dtype)
+    return rounded.mul_((local_max - row_max).exp_()).div_(row_sum)
+
+
+def _tiled_weights(
+    scores: torch.Tensor,
+    columns: torch.Tensor,
+    starts: torch.Tensor | None,
+    quirks: KernelQuirks,
+    scale: float,
+    pv_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """The legacy builds' weights: tile by tile, since a carried tile depends on the previous one."""
+    batch, total = scores.shape[0], scores.shape[-1]
+    first = torch.zeros(batch, dtype=torch.long, device=scores.device) if starts is None else starts
+    lengths = total - first
+    n_tiles = math.ceil(int(lengths.max()) / TILE)
+    # each request's keys from its first one, in whole tiles (zero keys score 0 past its end)
+    offsets = torch.arange(n_tiles * TILE, device=scores.device)
+    real = offsets[None, :] < lengths[:, None]
+    source = (first[:, None] + offsets).clamp(max=total - 1)
+    raw = scores.gather(-1, source[:, None, None, :].expand(*scores.shape[:3], -1))
+    raw.masked_fill_(~real[:, None, None, :], 0.0)
+    row_tiles = (lengths + TILE - 1) // TILE
+    row_max = torch.full(scores.shape[:3], -torch.inf, dtype=scores.dtype, device=scores.device)
     row_sum = torch.zeros_like(row_max)
-    out = torch.zeros_like(q)
-    carry = torch.zeros(*q.shape[:3], TILE, dtype=q.dtype, device=q.device)
+    probs = torch.empty_like(raw)
+    tile_max = torch.empty(*scores.shape[:3], n_tiles, dtype=scores.dtype, device=scores.device)
+    carry = torch.zeros(*scores.shape[:3], TILE, dtype=scores.dtype, device=scores.device)
     for j in range(n_tiles):
         tile = slice(j * TILE, (j + 1) * TILE)
-        scores = q @ k_tiles[:, :, tile].transpose(-1, -2)
-        if quirks.carry_scores:
-            scores = scores + carry
-        scores = scores * scale
+        tile_scores = raw[..., tile] + carry if quirks.carry_scores else raw[..., tile]
+        tile_scores = tile_scores * scale
         if not quirks.unmasked_padding:
-            scores = scores.masked_fill(~real[:, None, None, tile], -torch.inf)
-        new_max = torch.maximum(row_max, scores.amax(dim=-1))
+            tile_scores = tile_scores.masked_fill(~real[:, None, None, tile], -torch.inf)
+        new_max = torch.maximum(row_max, tile_scores.amax(dim=-1))
         rescale = torch.exp(row_max - new_max)
-        probs = torch.exp(scores - new_max[..., None])
-        rounded = probs if pv_dtype is None else probs.to(pv_dtype).to(probs.dtype)
+        torch.exp(tile_scores - new_max[..., None], out=probs[..., tile])
         active = (j < row_tiles)[:, None, None]
-        row_sum = torch.where(active, row_sum * rescale + probs.sum(dim=-1), row_sum)
-        out = torch.where(active[..., None], out * rescale[..., None] + rounded @ v_tiles[:, :, tile], out)
+        row_sum = torch.where(active, row_sum * rescale + probs[..., tile].sum(dim=-1), row_sum)
         row_max = torch.where(active, new_max, row_max)
-        carry = probs
-    return out / row_sum[..., None]
+        tile_max[..., j] = row_max
+        carry = probs[..., tile]
+    at = columns - first[:, None]
+    picked = at[:, None, None, :].expand(*scores.shape[:3], -1)
+    chosen = probs.gather(-1, picked)
+    if pv_dtype is not None:
+        chosen = chosen.to(pv_dtype).to(scores.dtype)
+    local_max = tile_max.gather(-1, picked // TILE)
+    return chosen * torch.exp(local_max - row_max[..., None]) / row_sum[..., None]
 
 
 def cosine(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
