@@ -35,7 +35,7 @@ def denoise(
     resolved = settings.resolve(model.spec, input_ids.shape[1])
     canvas = Canvas.start(input_ids.to(model.device), attention_mask, resolved, model.spec)
     strategy.check(canvas)
-    policy = strategy.decoding_policy(policy or build_policy(canvas), canvas)
+    policy = strategy.decoding_policy(policy or build_policy(canvas, strategy), canvas)
     if resolved.eos_early_exit:
         canvas.finished = torch.zeros(canvas.x.shape[0], dtype=torch.bool, device=canvas.x.device)
     strategy.begin(model, canvas)

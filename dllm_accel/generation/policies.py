@@ -158,9 +158,16 @@ class DyLLMSamplerPolicy(ConfidencePolicy):
         return _scatter_block(canvas, x0, s.mask_id), _scatter_block(canvas, conf, -torch.inf)
 
 
-def build_policy(canvas: Canvas) -> DecodingPolicy:
-    """The official sampler's policy for these settings."""
+def build_policy(canvas: Canvas, strategy=None) -> DecodingPolicy:
+    """The registered rule the settings name (``policy``), else the official sampler's policy.
+
+    ``strategy`` is the forward strategy the rule will decode from (a rule that needs more than
+    logits, such as WINO's verification rows, asks it for them)."""
     s = canvas.settings
+    if s.policy is not None:
+        from .rules import build_rule
+
+        return build_rule(canvas, strategy)
     from .parallel import parallel_policy  # the threshold and factor rules build on the classes above
 
     parallel = parallel_policy(canvas)

@@ -73,6 +73,10 @@ class SamplerSettings:
     # and every one whose score reaches this (LLaDA: max probability; Dream: negative entropy, <= 0),
     # until the block is full; steps then no longer bound the run (generation/parallel.py)
     confidence_threshold: float | None = None
+    # a registered decoding rule (generation/rules: wino, klass, frechet, pc_sampler) that replaces
+    # the sampler's count and ranking rule, with its Config fields as options
+    policy: str | None = None
+    policy_options: dict | None = None
 
     @classmethod
     def names(cls) -> set[str]:
@@ -130,6 +134,7 @@ class SamplerSettings:
         if constant and sampler == "dream" and self.alg == "origin":
             raise SettingsError("alg='origin' commits each mask by chance and cannot follow transfer_schedule='constant'")
         _check_parallel(self, sampler, constant)
+        _check_rule(self, sampler, constant)
         return ResolvedSettings(
             raw=self,
             sampler=sampler,
@@ -184,6 +189,23 @@ def _check_parallel(settings: SamplerSettings, sampler: str, constant: bool) -> 
         )
     if confidence is not None and (not _is_number(confidence) or not math.isfinite(confidence)):
         raise SettingsError(f"confidence_threshold={confidence!r} must be a finite number")
+
+
+def _check_rule(settings: SamplerSettings, sampler: str, constant: bool) -> None:
+    """A registered rule replaces the count rule: no other count rule may be set beside it."""
+    if settings.policy is None:
+        if settings.policy_options:
+            raise SettingsError(f"policy_options={settings.policy_options!r} given without a policy")
+        return
+    from .rules import check_rule
+
+    check_rule(settings.policy, settings.policy_options, sampler)
+    others = {"threshold": settings.threshold, "factor": settings.factor, "confidence_threshold": settings.confidence_threshold}
+    for name, value in others.items():
+        if value is not None:
+            raise SettingsError(f"policy={settings.policy!r} replaces the count rule; {name}={value} cannot be set beside it")
+    if constant:
+        raise SettingsError(f"policy={settings.policy!r} replaces the count rule; transfer_schedule='constant' cannot follow it")
 
 
 def _is_number(value: object) -> bool:

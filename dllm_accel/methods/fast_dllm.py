@@ -41,6 +41,7 @@ import torch
 from ..generation.canvas import Canvas, Commit
 from ..generation.parallel import DreamBlockPolicy, block_done
 from ..generation.policies import DecodingPolicy
+from ..generation.rules import DecodingRule
 from ..models.core import DiffusionTransformer
 from .base import ForwardStrategy, MethodConfig, dense_logits
 from .fast_dllm_cache import BlockKVCache
@@ -111,6 +112,8 @@ class FastDLLM(ForwardStrategy):
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
         s = canvas.settings
         if self.cached and s.sampler == "dream":
+            if isinstance(policy, DecodingRule):
+                return policy.for_dream_block_passes()
             return DreamBlockPolicy(hardcoded_entropy=self.config.dream_entropy)
         if s.sampler == "llada":
             cap = self.config.mode == "dual" and self.config.dual_step_cap

@@ -1,0 +1,90 @@
+"""Decoding rules beyond the official samplers' own (WINO, KLASS, Fast-dLLM++, PC-Sampler).
+
+Each rule is one module here that registers a ``DecodingRule`` subclass by name. A run picks
+one with the sampler setting ``policy=<name>`` and passes its knobs as ``policy_options``
+(fields of the rule's ``Config``). Tests and sweeps find every rule through
+``available_rules``, never through a hand-kept list.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import fields
+from typing import Any, ClassVar
+
+from ..canvas import Canvas
+from ..policies import DecodingPolicy
+from ..settings import SettingsError
+
+
+class DecodingRule(DecodingPolicy):
+    """A registered policy: its ``name``, a ``Config`` dataclass of options, the samplers
+    (``llada``/``dream``) it is defined for, and the strategies it can decode from."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    samplers: ClassVar[tuple[str, ...]] = ("llada", "dream")
+    # "official" or what the rule was written from when no official code exists
+    provenance: ClassVar[str] = "official"
+
+    def __init__(self, config: Any, canvas: Canvas, strategy: Any) -> None:
+        self.config = config
+
+    def for_dream_block_passes(self) -> DecodingPolicy:
+        """The policy under strategies whose Dream passes start at the block (Fast-dLLM's cache):
+        they cannot score the block's first position, which the refresh pass commits."""
+        raise ValueError(
+            f"policy {self.name!r} has no rule for Dream block-only passes (Fast-dLLM's cache commits the block's "
+            "first position at the refresh pass; this rule does not say what to do then)"
+        )
+
+
+_REGISTRY: dict[str, type[DecodingRule]] = {}
+
+
+def register_rule(cls: type[DecodingRule]) -> type[DecodingRule]:
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"decoding rule {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def available_rules() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def rule_class(name: str) -> type[DecodingRule]:
+    _discover()
+    if name not in _REGISTRY:
+        raise SettingsError(f"unknown policy {name!r} (accepted: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def rule_config(name: str, options: dict | None) -> Any:
+    """The rule's ``Config`` from ``policy_options``, naming an unknown option."""
+    cls = rule_class(name)
+    accepted = {f.name for f in fields(cls.Config)}
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown:
+        raise SettingsError(f"policy {name!r} has no option {unknown[0]!r} (accepted: {', '.join(sorted(accepted))})")
+    return cls.Config(**(options or {}))
+
+
+def check_rule(name: str, options: dict | None, sampler: str) -> None:
+    """Reject a rule for a sampler it is not defined for, or bad options, before any forward."""
+    cls = rule_class(name)
+    if sampler not in cls.samplers:
+        raise SettingsError(f"policy {name!r} is defined for sampler {' / '.join(cls.samplers)}, got {sampler!r}")
+    rule_config(name, options)
+
+
+def build_rule(canvas: Canvas, strategy: Any) -> DecodingRule:
+    s = canvas.settings
+    return rule_class(s.policy)(rule_config(s.policy, s.policy_options), canvas, strategy)
