@@ -49,17 +49,38 @@ def masks_left(out, family: str) -> int:
 
 # -- the compatibility matrix ---------------------------------------------------------------
 
-# each strategy set so that its reuse really happens within 8 generated tokens
-STRATEGIES = {
-    "vanilla": ("vanilla", {}),
-    "dllm_cache": ("dllm_cache", {"prompt_interval_steps": 4, "gen_interval_steps": 2, "transfer_ratio": 0.25}),
-    "fast_dllm_none": ("fast_dllm", {"mode": "none"}),
-    "fast_dllm_prefix": ("fast_dllm", {"mode": "prefix"}),
-    "fast_dllm_dual": ("fast_dllm", {"mode": "dual"}),
-    "sparse_dllm": ("sparse_dllm", {"delay": 0}),
-    "dyllm": ("dyllm", {"num_full_steps": 1}),
-    "combined_dyllm_dual": ("combined_dyllm_dual", {}),
+# Strategies come from the registry. A registered strategy runs under its name with its default
+# options unless listed here: option sets under which its reuse really happens within 8 generated
+# tokens (one matrix label each).
+TUNED = {
+    "dllm_cache": {"dllm_cache": {"prompt_interval_steps": 4, "gen_interval_steps": 2, "transfer_ratio": 0.25}},
+    "fast_dllm": {
+        "fast_dllm_none": {"mode": "none"},
+        "fast_dllm_prefix": {"mode": "prefix"},
+        "fast_dllm_dual": {"mode": "dual"},
+    },
+    "sparse_dllm": {"sparse_dllm": {"delay": 0}},
+    "dyllm": {"dyllm": {"num_full_steps": 1}},
+    # the first pass of a block already caches, so two-step blocks reuse too
+    "dkv_cache": {
+        "dkv_cache": {"refresh_interval": 4, "first_pass_caches": True},
+        "dkv_cache_prefill": {"variant": "prefill", "first_pass_caches": True},
+    },
 }
+
+
+def matrix_strategies() -> dict[str, tuple[str, dict]]:
+    """{matrix label: (registered name, options)} for every registered strategy."""
+    from dllm_accel.methods import available_methods
+
+    return {
+        label: (name, options)
+        for name in available_methods()
+        for label, options in TUNED.get(name, {name: {}}).items()
+    }
+
+
+STRATEGIES = matrix_strategies()
 POLICIES = ("fixed", "threshold", "factor", "tokens_per_step", "dyllm_engine", "dyllm_engine_threshold")
 LAYOUTS = {"blocks": {"gen_length": 8, "steps": 8, "block_length": 4}, "whole": {"gen_length": 8, "steps": 8}}
 CACHED_FAST_DLLM = {"fast_dllm_prefix", "fast_dllm_dual", "combined_dyllm_dual"}
@@ -71,6 +92,8 @@ REUSED = {
     "sparse_dllm": lambda stats: stats["sparse_passes"] > 0,
     "dyllm": lambda stats: stats["dyllm_sparse_steps"] + stats["dyllm_pruned_steps"] > 0,
     "combined_dyllm_dual": lambda stats: stats["dyllm_sparse_steps"] > 0 and stats["salient_fraction_mean"] < 1,
+    "dkv_cache": lambda stats: stats["cached_passes"] > 0,
+    "dkv_cache_prefill": lambda stats: stats["cached_passes"] > 0,
 }
 
 
@@ -103,6 +126,7 @@ def documented_error(strategy: str, policy: str, family: str) -> str | None:
 def test_the_matrix_covers_every_registered_strategy():
     from dllm_accel.methods import available_methods
 
+    assert set(TUNED) <= set(available_methods()), "TUNED lists a strategy that is not registered"
     assert {name for name, _ in STRATEGIES.values()} == set(available_methods())
 
 
@@ -458,6 +482,7 @@ EXPECTED_POLICY = {
     "combined_dllm_cache_threshold": {"llada": ThresholdPolicy, "dream": QuotaThresholdPolicy},
     "combined_dyllm_threshold": {"llada": DyLLMThresholdPolicy, "dream": DyLLMThresholdPolicy},
     "combined_dyllm_dual": {"llada": ThresholdPolicy, "dream": DreamBlockPolicy},
+    "combined_dkv_cache_threshold": {"llada": ThresholdPolicy, "dream": QuotaThresholdPolicy},
 }
 
 

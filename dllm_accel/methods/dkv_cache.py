@@ -1,0 +1,186 @@
+"""dKV-Cache (horseee/dKV-Cache): delayed caching of the keys and values of decoded tokens.
+
+A token's K/V are cached one step after it is decoded (its row is recomputed once with its
+final token first), and reused until the next refresh, a full pass every
+``refresh_interval`` steps. A cached pass recomputes only the rows whose K/V are not
+cached and attends to all L keys: cached ones from the buffer, the rest fresh.
+
+Which positions are cacheable after a pass over ``x``:
+
+- LLaDA (``modeling_llada_dkv_cache_decode.py`` + ``generation_utils/llada_dkv_cache_decode.py``):
+  the decoded positions ``x != mask``, prompt included. The cache is rebuilt per block; the
+  block's first pass records nothing, so the first two passes of every block are full.
+- Dream (``generation_utils/dream_generation_utils.py``): Dream's row p predicts token p+1, so
+  ``shift_type`` ``un`` (the README's and ``dream_generate.py``'s choice) caches p once p+1 is
+  decoded; ``un_right`` needs p decoded too. (The official ``right``, decoded p as LLaDA, leaves
+  the row that scores a mask uncomputed and samples it from -inf logits; it is refused.) The official
+  shift wraps around: the last row is cached once row 0 is decoded, except in the very first
+  pass of a generation, whose set ends with the last row's own state (a mask).
+- ``variant='prefill'`` (Dream ``cache_type='prefill'``): only the prompt's rows (under the
+  same shift), cached by the first pass and never refreshed.
+
+The official code feeds the uncached rows in an order with the cached keys behind them; the
+rows and keys are the same, so only float summation order differs. Kept beyond it: padded
+batches (every row recomputes the batch's largest uncached count; a row with fewer also
+feeds some of its cached rows, whose K/V are kept and whose outputs are never read), and the
+mask-aware padding semantics when ``legacy_ignore_attention_mask`` is off (the official LLaDA
+sampler passes no attention mask). The greedy variant (random remasking with a precomputed
+order and ``window_size`` neighbours) and Dream's ``pd`` are not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..generation.canvas import Canvas
+from ..models.core import DiffusionTransformer
+from .base import ForwardStrategy, MethodConfig
+from .fast_dllm_cache import BlockKVCache
+from .registry import register
+
+VARIANTS = ("decode", "prefill")
+SHIFT_TYPES = ("un", "right", "un_right")
+
+
+@dataclass
+class DKVCacheConfig(MethodConfig):
+    """dKV-Cache options; defaults are the official scripts'.
+
+    variant: ``decode`` (cache decoded tokens, delayed one step) or ``prefill`` (the prompt only).
+    refresh_interval: a full pass every this many steps of a block (LLaDA ``cache_reloading_step``,
+        Dream ``cache_steps``); ``decode`` only.
+    shift_type: which Dream rows a decoded token makes cacheable (LLaDA: its own row).
+    first_pass_caches: whether a block's first pass already fills the cache; None = the family's
+        official behaviour (LLaDA no, Dream yes).
+    """
+
+    variant: str = "decode"
+    refresh_interval: int = 4
+    shift_type: str = "un"
+    first_pass_caches: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown dkv_cache variant {self.variant!r} (accepted: {', '.join(VARIANTS)})")
+        if (
+            isinstance(self.refresh_interval, bool)
+            or not isinstance(self.refresh_interval, int)
+            or self.refresh_interval < 1
+        ):
+            raise ValueError(f"dkv_cache refresh_interval={self.refresh_interval!r} must be a positive integer")
+        if self.shift_type not in SHIFT_TYPES:
+            raise ValueError(f"unknown dkv_cache shift_type {self.shift_type!r} (accepted: {', '.join(SHIFT_TYPES)})")
+        if self.first_pass_caches is not None and not isinstance(self.first_pass_caches, bool):
+            raise ValueError(f"dkv_cache first_pass_caches={self.first_pass_caches!r} must be true, false or null")
+
+
+@register
+class DKVCache(ForwardStrategy):
+    name = "dkv_cache"
+    Config = DKVCacheConfig
+    config: DKVCacheConfig
+    supports_cfg: ClassVar[bool] = False
+
+    def check(self, canvas: Canvas) -> None:
+        super().check(canvas)
+        if canvas.spec.logit_shift and self.config.shift_type == "right":
+            raise ValueError(
+                f"dkv_cache shift_type='right' on {canvas.spec.family} caches the row that scores the next, still masked "
+                "position; the official code then scores that mask from -inf logits (NaN), so it is not offered "
+                "(use 'un' or 'un_right')"
+            )
+
+    def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        batch, length = canvas.x.shape
+        self.cache = BlockKVCache(model, batch, length)
+        self.rope = model.rope_table(canvas.positions)
+        self.hidden = torch.empty(batch, length, model.spec.d_model, dtype=model.dtype, device=model.device)
+        self.valid = torch.zeros(batch, length, dtype=torch.bool, device=canvas.x.device)
+        self.widths: list[int] = []  # rows fed per pass (the official forward's input length)
+        for key in ("dense_passes", "cached_passes", "rows_computed", "rows_dense"):
+            canvas.stats[key] = 0.0
+
+    def begin_block(self, model: DiffusionTransformer, canvas: Canvas) -> None:
+        self.valid.zero_()
+        self.has_cache = False
+
+    def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
+        cacheable = self._cacheable(canvas)
+        full = self._full(canvas)
+        if full:
+            hidden = self.cache.run(model, canvas.x, 0, self.rope, canvas.key_mask)
+            self.hidden.copy_(hidden)
+            width = canvas.length
+            first = canvas.block_step == 0
+            keeps = not first or self._first_pass_caches(canvas)
+        else:
+            width = int((~self.valid).sum(dim=1).max())  # the step's one host sync: the widest row
+            self._run_uncached(model, canvas, width)
+            keeps = self.config.variant == "decode"  # prefill keeps its first set
+        if keeps:
+            self.valid.copy_(cacheable)
+            self.has_cache = True
+        canvas.nfe += 1
+        self._record(canvas, full, width)
+        return self._block_logits(model, canvas)
+
+    # -- which passes and rows ----------------------------------------------------------
+    def _full(self, canvas: Canvas) -> bool:
+        if not self.has_cache:
+            return True
+        return self.config.variant == "decode" and canvas.block_step % self.config.refresh_interval == 0
+
+    def _first_pass_caches(self, canvas: Canvas) -> bool:
+        if self.config.first_pass_caches is not None:
+            return self.config.first_pass_caches
+        return canvas.spec.logit_shift
+
+    def _cacheable(self, canvas: Canvas) -> torch.Tensor:
+        """[B, L] rows whose K/V this pass may leave in the cache (see the module docstring)."""
+        decoded = canvas.x != canvas.mask_id
+        if self.config.variant == "prefill":
+            decoded = decoded & canvas.prompt_index
+        if not canvas.spec.logit_shift or self.config.shift_type == "right":
+            return decoded
+        nxt = decoded[:, 1:]
+        if self.config.shift_type == "un_right":
+            both = decoded[:, :-1] & nxt
+            return torch.cat([both, both[:, -1:]], dim=1)
+        wrap = decoded[:, -1:] if canvas.step == 0 else decoded[:, :1]
+        return torch.cat([nxt, wrap], dim=1)
+
+    # -- the cached pass -----------------------------------------------------------------
+    def _run_uncached(self, model: DiffusionTransformer, canvas: Canvas, width: int) -> None:
+        """Recompute the uncached rows of every row (padded to ``width`` with cached ones)."""
+        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, :width]
+        kept = self.valid.gather(1, order)[:, None, :, None]
+        rows = self.rope.select(order)
+        index = order[:, None, :, None]
+        x = model.embed(canvas.x.gather(1, order))
+        for layer, block in enumerate(model.blocks):
+            q, k, v = block.qkv(block.attn_norm(x))
+            keys, values = self.cache.keys[layer], self.cache.values[layer]
+            at = index.expand(-1, keys.shape[1], -1, keys.shape[-1])
+            keys.scatter_(2, at, torch.where(kept, keys.gather(2, at), block.rope(k, rows)))
+            values.scatter_(2, at, torch.where(kept, values.gather(2, at), v))
+            ctx = block.attend(block.rope(q, rows), keys, values, canvas.key_mask)
+            x = x + block.attn_out(ctx)
+            x = x + block.mlp(block.mlp_norm(x))
+        self.hidden.scatter_(1, order[:, :, None].expand(-1, -1, x.shape[-1]), x)
+
+    def _block_logits(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
+        """Final norm and head over the rows that score the block (Dream: one row earlier)."""
+        start, stop = canvas.block_start, canvas.block_end
+        first = start - 1 if canvas.spec.logit_shift else start
+        logits = model.shift_logits(model.logits(self.hidden[:, first:stop]))
+        return logits[:, start - first :], slice(start, stop)
+
+    def _record(self, canvas: Canvas, full: bool, width: int) -> None:
+        self.widths.append(width)
+        stats = canvas.stats
+        stats["dense_passes" if full else "cached_passes"] += 1
+        stats["rows_computed"] += width * canvas.x.shape[0]
+        stats["rows_dense"] += canvas.length * canvas.x.shape[0]
