@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from .models.core import DiffusionTransformer
 
 def generate(
     model: DiffusionTransformer,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | Mapping[str, torch.Tensor],
     attention_mask: torch.Tensor | None = None,
     method: str | ForwardStrategy = "vanilla",
     **settings: Any,
@@ -27,7 +28,12 @@ def generate(
     that method's own config fields. A name that is both goes to the named method (DyLLM's
     saliency ``threshold`` versus the sampler's decoding one); to give it to the sampler,
     pass a built strategy as ``method``.
+
+    ``input_ids`` may also be what a tokenizer returns (a ``BatchEncoding`` or any mapping with
+    ``input_ids`` and optionally ``attention_mask``): recent transformers return one from
+    ``apply_chat_template(..., return_tensors="pt")``.
     """
+    input_ids, attention_mask = _unpack_inputs(input_ids, attention_mask)
     sampler_names = SamplerSettings.names() - (config_fields(method) if isinstance(method, str) else set())
     sampler = {k: v for k, v in settings.items() if k in sampler_names}
     rest = {k: v for k, v in settings.items() if k not in sampler_names}
@@ -40,3 +46,19 @@ def generate(
     if rest and not set(rest) <= config_fields(strategy.name):
         raise ValueError(f"unknown setting {sorted(rest)[0]!r}")
     return denoise(model, input_ids, attention_mask, strategy, SamplerSettings(**sampler))
+
+
+def _unpack_inputs(
+    input_ids: torch.Tensor | Mapping[str, torch.Tensor], attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise TypeError(f"input_ids is a mapping without an 'input_ids' entry (keys: {sorted(input_ids)})")
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"input_ids must be a [batch, length] tensor or a tokenizer's output, got {type(input_ids).__name__}"
+        )
+    return input_ids, attention_mask

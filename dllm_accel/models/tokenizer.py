@@ -14,7 +14,8 @@ _QWEN2_ALIASES = {"DreamTokenizer", "Qwen2Tokenizer", "Qwen2TokenizerFast"}
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """Load the tokenizer stored with a checkpoint (local directory or hub id)."""
-    from transformers import AutoTokenizer, Qwen2TokenizerFast
+    import transformers
+    from transformers import Qwen2TokenizerFast
 
     directory = resolve_checkpoint_dir(name_or_path)
     config_path = directory / "tokenizer_config.json"
@@ -28,4 +29,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
         return Qwen2TokenizerFast.from_pretrained(str(directory))
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory}: {tokenizer_class or 'the tokenizer'} needs tokenizer.json, which is missing")
-    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    # The class named in tokenizer_config.json, built directly: AutoTokenizer would also read config.json
+    # and warn on every load that it does not know the model type (llada).
+    cls = getattr(transformers, tokenizer_class or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase)):
+        cls = transformers.PreTrainedTokenizerFast
+    return cls.from_pretrained(str(directory))
