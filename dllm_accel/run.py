@@ -16,7 +16,15 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # answered before the imports below, which take seconds (torch, lm-eval)
+    from .cli_help import help_text, wants_help
+
+    if wants_help(sys.argv[1:]):
+        print(help_text())
+        sys.exit(0)
 
 import hydra
 import torch

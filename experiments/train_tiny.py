@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dllm_accel.models import load_model, load_tokenizer  # noqa: E402
+from dllm_accel.synthetic_tasks import PASSKEY_DEPTHS  # noqa: E402
 from dllm_accel.train import (  # noqa: E402
     TASKS,
     TrainConfig,
@@ -35,7 +36,6 @@ from dllm_accel.train import (  # noqa: E402
     train,
     write_llada_checkpoint,
 )
-from dllm_accel.train.tasks import PASSKEY_DEPTHS  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -191,7 +191,7 @@ def write_card(directory: Path, record: dict) -> None:
         "- Objective: LLaDA's masked diffusion, t ~ U(0, 1) per sequence, p = (1 - eps) t + eps with"
         f" eps = {config['eps']}, cross-entropy on masked tokens weighted by 1/p; only the response is"
         " masked (LLaDA's SFT form), normalised by the response length.",
-        "- Data, generated on the fly (`dllm_accel/train/tasks.py`); every step holds each task of its"
+        "- Data, generated on the fly (`dllm_accel/synthetic_tasks.py`); every step holds each task of its"
         " curriculum stage, its share of the tokens set by the stage's weights:",
         *[
             f"  - {steps} steps: {weights}, passkey prompts of {low}-{high} tokens (log-uniform)"

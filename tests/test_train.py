@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from dllm_accel.models import load_model, load_spec, load_tokenizer
 from dllm_accel.models.families import LLADA
+from dllm_accel.synthetic_tasks import KEY_SYMBOLS, PASSKEY_DEPTHS, byte_length, passkey_sample
 from dllm_accel.train import (
     TASKS,
     TrainConfig,
@@ -30,7 +31,6 @@ from dllm_accel.train import (
     write_llada_checkpoint,
 )
 from dllm_accel.train.objective import weighted_masked_cross_entropy
-from dllm_accel.train.tasks import KEY_SYMBOLS, PASSKEY_DEPTHS, byte_length, passkey_sample
 from dllm_accel.train.tokenizer import BOS_ID, EMBEDDING_SIZE, EOS_ID, EOT_ID, MASK_ID, SPECIAL_TOKENS
 from dllm_accel.train.trainer import DEFAULT_CURRICULUM, collate, draw_batch, encode, learning_rate
 

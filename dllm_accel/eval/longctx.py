@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..synthetic_tasks import NOISE
 from .data import read_jsonl
 
 GENERATOR_VERSION = 1
 TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking")
 HAYSTACKS = ("noise", "gsm8k", "essay")
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _ADJECTIVES = (
     "amber", "brave", "calm", "dusty", "eager", "fancy", "gentle", "hollow", "icy", "jolly", "keen", "lively",
     "mellow", "noble", "odd", "proud", "quiet", "rapid", "silent", "tidy", "upper", "vivid", "witty", "young",

@@ -1,6 +1,6 @@
 """The tiny trained model's synthetic tasks as runner tasks (``task=tiny_passkey`` etc.).
 
-Samples are the held-out split of the training generators (``dllm_accel/train/tasks.py``),
+Samples are the held-out split of the training generators (``dllm_accel/synthetic_tasks.py``),
 written into the run's task folder like the long-context tasks, and scored exactly by the
 generator's own scorer, so the runner and ``experiments/eval_tiny.py`` count the same hits.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..train.tasks import Sample, held_out_samples, task_named
+from ..synthetic_tasks import Sample, held_out_samples, task_named
 
 # runner task kind (``lm_eval_task`` without ``dllm_``) -> generator name
 TINY_TASKS = {"tiny_passkey": "passkey", "tiny_arithmetic": "arithmetic", "tiny_copy": "copy"}

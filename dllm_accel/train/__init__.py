@@ -1,9 +1,9 @@
 """Training of the tiny masked-diffusion LM shipped in ``checkpoints/tiny-llada``."""
 
+from ..synthetic_tasks import TASKS, Sample, SyntheticTask, held_out_samples, task_named, training_sample
 from .checkpoint import llada_config, write_llada_checkpoint
 from .evaluate import TaskResult, evaluate_samples, reference_settings
 from .objective import add_mask_noise, masked_diffusion_loss
-from .tasks import TASKS, Sample, SyntheticTask, held_out_samples, task_named, training_sample
 from .tokenizer import build_core_tokenizer, save_tokenizer
 from .trainer import TrainConfig, init_model, tiny_spec, train
 

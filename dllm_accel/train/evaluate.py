@@ -10,7 +10,7 @@ import torch
 
 from ..api import generate
 from ..models.core import DiffusionTransformer
-from .tasks import Sample, SyntheticTask
+from ..synthetic_tasks import Sample, SyntheticTask
 
 
 @dataclass

@@ -21,8 +21,8 @@ import torch
 
 from ..models.core import DiffusionTransformer
 from ..models.spec import ModelSpec, SpecialTokens
+from ..synthetic_tasks import PASSKEY_MIN_LENGTH, TASKS, Sample, task_named, training_sample
 from .objective import masked_diffusion_loss
-from .tasks import PASSKEY_MIN_LENGTH, TASKS, Sample, task_named, training_sample
 from .tokenizer import BOS_ID, EMBEDDING_SIZE, EOS_ID, EOT_ID, MASK_ID
 
 # (steps, task weights, passkey prompt lengths): copy alone first, then every task in every step.

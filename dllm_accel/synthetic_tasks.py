@@ -1,5 +1,8 @@
 """Synthetic, exactly scored tasks that stress what acceleration methods change.
 
+Below both ``train/`` (which trains the tiny model on them) and ``eval/`` (which scores it on
+their held-out split), so neither imports the other.
+
 - ``passkey``: a one-symbol key (30 possible) hidden at a chosen depth in RULER's noise
   haystack, stated twice as RULER's needle does; evicted or stale prompt entries lose it.
   The key is one symbol that occurs nowhere else in the prompt, so the answer finds it by
@@ -33,10 +36,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..eval.longctx import NOISE
-
 GENERATOR_VERSION = 1
 HELD_OUT_ONE_IN = 8
+
+# RULER's noise filler, also the long-context tasks' (eval/longctx.py) "noise" haystack
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 # -- passkey: RULER's needle and question in its noise haystack, a one-symbol key
 PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
