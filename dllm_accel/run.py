@@ -42,6 +42,7 @@ from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
 from .models import load_model, load_spec, load_tokenizer
 from .paths import REPO_ROOT, shared_dir
+from .quiet import silence_known_warnings
 from .results import RunStore, config_hash, run_directory, sample_key
 from .tracking import Tracker, resolve_mode
 
@@ -140,6 +141,7 @@ def evaluate(cfg: DictConfig) -> dict | None:
     """One sweep point: returns its summary (None on ranks other than 0)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     validate(config)
+    silence_known_warnings()
     run_dir = run_directory(config["results_root"], config)
     store = RunStore(run_dir)
     previous = store.read_summary()
