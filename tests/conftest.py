@@ -17,6 +17,15 @@ from dllm_accel.paths import fixtures_dir, tiny_checkpoint
 torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not fixtures_dir().is_dir():
+        pytest.exit(
+            f"the tests need the shared fixtures, not found at {fixtures_dir()}: put shared/ beside the checkout or "
+            "set DLLM_ACCEL_SHARED (README, 'What lives in shared/')",
+            returncode=2,
+        )
+
+
 @cache
 def tiny_model(family: str):
     """One float32 tiny model per family, shared by every test (never mutate it)."""
