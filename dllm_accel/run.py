@@ -30,7 +30,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .eval.byte_tokenizer import ByteTokenizer
+from .eval.byte_tokenizer import build_tokenizer
 from .eval.code_tasks import HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
@@ -40,7 +40,7 @@ from .eval.tiny_tasks import TINY_TASKS, write_tiny_samples
 from .generation.settings import SamplerSettings
 from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
-from .models import load_model, load_spec, load_tokenizer
+from .models import load_model, load_spec
 from .paths import REPO_ROOT, shared_dir
 from .quiet import silence_known_warnings
 from .results import RunStore, config_hash, run_directory, sample_key
@@ -120,13 +120,6 @@ def scale_rope_theta(model, factor: float) -> None:
         block.spec = spec
 
 
-def build_tokenizer(model_cfg: dict, spec):
-    choice = model_cfg.get("tokenizer")
-    if choice == "byte":
-        return ByteTokenizer(spec)
-    return load_tokenizer(choice or model_cfg["path"])
-
-
 def _init_distributed() -> None:
     if "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SUBMITIT_NTASKS", "1")) > 1:
         import submitit
@@ -163,7 +156,7 @@ def evaluate(cfg: DictConfig) -> dict | None:
     tracker = lm = None
     try:
         scale_rope_theta(model, model_cfg["rope_scaling"])
-        tokenizer = build_tokenizer(model_cfg, model.spec)
+        tokenizer = build_tokenizer(model_cfg.get("tokenizer"), model_cfg["path"], model.spec)
         prompt = PromptFormat(
             style=resolve_style(config["prompt"]["style"], model_cfg["instruct"]),
             add_bos=config["prompt"]["add_bos"],

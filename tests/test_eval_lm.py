@@ -109,8 +109,9 @@ def test_model_info_and_single_process_collectives():
     assert info["method"] == "vanilla" and info["sampler"]["gen_length"] == 32 and info["batch_size"] == 1
     assert lm.rank == 0 and lm.world_size == 1
     assert lm.all_gather(torch.tensor([3])).tolist() == [[3]] and lm.gather_object("x") == ["x"]
-    with pytest.raises(NotImplementedError):
-        lm.loglikelihood([])
+    assert lm.loglikelihood([]) == []  # multiple choice: tests/test_lm_eval_model.py
+    with pytest.raises(NotImplementedError, match="no left-to-right factorisation"):
+        lm.loglikelihood_rolling([])
 
 
 def test_unknown_method_and_bad_batch_size_are_refused():

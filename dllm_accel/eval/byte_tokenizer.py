@@ -120,3 +120,12 @@ def chat_text(family: str, messages: list[dict], add_generation_prompt: bool = T
     for m in turns:
         text += f"{start}{m['role']}\n{m['content']}{end}\n"
     return text + (f"{start}assistant\n" if add_generation_prompt else "")
+
+
+def build_tokenizer(choice: str | None, checkpoint: str, spec: ModelSpec):
+    """``byte``: this tokenizer; a directory or hub id: that tokenizer; ``None``: the checkpoint's own."""
+    if choice == "byte":
+        return ByteTokenizer(spec)
+    from ..models import load_tokenizer
+
+    return load_tokenizer(choice or checkpoint)

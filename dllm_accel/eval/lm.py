@@ -1,9 +1,14 @@
 """``DiffusionLM``: any model x method behind lm-eval's ``LM`` interface, timed by one meter.
 
-Each request is rendered with the paper's prompt convention, generated in left-padded
-batches, cut as the paper cut its answers, and appended to the results store as soon as its
-batch finishes. A request whose exact rendered prompt is already in the store is answered
-from it, which is how an interrupted run resumes.
+Registered with lm-eval as ``dllm_accel`` (``python -m dllm_accel.lm_eval --model dllm_accel
+--model_args pretrained=...,method=...``; ``eval/harness.py`` turns model_args into this class).
+Each generation request is rendered with the paper's prompt convention, generated in
+left-padded batches, cut as the paper cut its answers, and appended to the results store as
+soon as its batch finishes. ``loglikelihood`` (multiple-choice tasks) is LLaDA's Monte Carlo
+masked-token ELBO (``eval/likelihood.py``); the method does not enter it, since methods
+accelerate the denoising loop and the estimate is single forward passes of the model. A
+request whose exact rendered prompt is already in the store is answered from it, which is how
+an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -14,19 +19,24 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from lm_eval.api.model import LM
 from tqdm import tqdm
 
+from .. import lm_eval as _registers_the_lm_eval_model  # noqa: F401
 from ..api import generate
 from ..generation.settings import SamplerSettings
 from ..measure import Meter, token_counts
 from ..methods import build_method
 from ..results import RunStore, prompt_hash, sample_key
+from .likelihood import LikelihoodSettings, elbo_loglikelihood, encode_pair, greedy_reproduces
 from .prompting import DecodeFormat, PromptFormat, encode, finish, render_prompt
+
+# lm-eval's length for a generation request that names none (its HF model's default)
+DEFAULT_MAX_GEN_TOKS = 256
 
 
 class GenerationTimeout(Exception):
@@ -61,6 +71,7 @@ class _Pending:
     hashed: str
     key: str
     until: list[str]
+    gen_length: int | None = None
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -83,6 +94,7 @@ class DiffusionLM(LM):
         seed: int = 1234,
         generation_timeout_s: float | None = None,
         progress: bool = True,
+        likelihood: LikelihoodSettings | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -91,6 +103,7 @@ class DiffusionLM(LM):
         self.method, self.options = method, dict(options or {})
         build_method(method, **self.options)  # reject unknown names and options before any request
         self.settings = SamplerSettings(**(sampler or {}))
+        self.likelihood = likelihood or LikelihoodSettings()
         self.prompt, self.decode = prompt or PromptFormat(), decode or DecodeFormat()
         self.batch_size, self.store, self.seed = batch_size, store, seed
         self.meter = meter or Meter(model.device)
@@ -104,6 +117,20 @@ class DiffusionLM(LM):
             self._rank, self._world_size = 0, 1
 
     # ------------------------------------------------------------------ lm-eval plumbing
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> DiffusionLM:
+        """``--model_args pretrained=...,method=...``: see ``eval/harness.py``."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> DiffusionLM:
+        from .harness import from_model_args
+
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return from_model_args(cls, **(dict(arg_dict) | extra))
+
     @property
     def device(self) -> torch.device:
         return self._device
@@ -143,17 +170,71 @@ class DiffusionLM(LM):
             chat_history, add_generation_prompt=add_generation_prompt, tokenize=False
         )
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError("diffusion LMs are evaluated on generative tasks only (generate_until)")
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(log-likelihood estimate, greedy-reproduces flag) per (context, continuation) request."""
+        answers: list[tuple[float, bool]] = []
+        bar = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm or not self.progress)
+        for request in requests:
+            context, continuation = request.args
+            text = render_prompt(context, self.tokenizer, self.prompt, request.doc.get("task_id"))
+            hashed = prompt_hash(f"{text}\x00{continuation}")
+            key = sample_key(request.task_name, request.doc_id, request.idx)
+            done = self.store.finished(key, hashed) if self.store is not None else None
+            if done is None:
+                done = self._score_continuation(request, text, continuation, key, hashed)
+            answers.append((done["loglikelihood"], done["is_greedy"]))
+            bar.update(1)
+        bar.close()
+        return answers
+
+    def _score_continuation(self, request, text: str, continuation: str, key: str, hashed: str) -> dict:
+        prefix, target = encode_pair(self.tokenizer, text, continuation)
+        if not target:
+            raise ValueError(f"{request.task_name} doc {request.doc_id}: the continuation {continuation!r} has no tokens")
+        if len(prefix) + len(target) > self.model.spec.max_seq_len:
+            raise ValueError(
+                f"{request.task_name} doc {request.doc_id}: {len(prefix)} context + {len(target)} continuation "
+                f"tokens exceed the model's context of {self.model.spec.max_seq_len}"
+            )
+        torch.manual_seed(self._batch_seed(request.task_name, request.doc_id) + request.idx)
+        cfg = self.settings.cfg_scale or 0.0
+        with self.meter.time() as timing:
+            value = elbo_loglikelihood(self.model, prefix, target, self.likelihood, cfg)
+            greedy = self.likelihood.is_check_greedy and greedy_reproduces(self.model, prefix, target, cfg)
+        record = {
+            "key": key,
+            "task": request.task_name,
+            "doc_id": request.doc_id,
+            "repeat": request.idx,
+            "kind": "loglikelihood",
+            "status": "ok",
+            "prompt_hash": hashed,
+            "prompt_text": text,
+            "continuation": continuation,
+            "completion": "",
+            "loglikelihood": value,
+            "is_greedy": bool(greedy),
+            "prompt_tokens": len(prefix),
+            "continuation_tokens": len(target),
+            "timing": asdict(timing),
+            "process": self.process_id,
+        }
+        if self.store is not None:
+            self.store.append(record)
+        return record
 
     def loglikelihood_rolling(self, requests):
-        raise NotImplementedError("diffusion LMs are evaluated on generative tasks only (generate_until)")
+        raise NotImplementedError(
+            "loglikelihood_rolling (perplexity tasks) is not supported: a masked diffusion LM has no "
+            "left-to-right factorisation (LLaDA's official wrapper does not support it either)"
+        )
 
     def get_model_info(self) -> dict:
         return {
             "method": self.method,
             "method_options": self.options,
             "sampler": {k: v for k, v in asdict(self.settings).items() if v is not None},
+            "likelihood": asdict(self.likelihood),
             "batch_size": self.batch_size,
             "prompt": asdict(self.prompt),
             "decode": asdict(self.decode),
@@ -173,12 +254,12 @@ class DiffusionLM(LM):
                 answers[i] = done["completion"]
                 continue
             until = gen_kwargs.get("until") or []
-            pending.append(_Pending(i, request, text, hashed, key, [until] if isinstance(until, str) else list(until)))
+            until = [until] if isinstance(until, str) else list(until)
+            pending.append(_Pending(i, request, text, hashed, key, until, self._gen_length(gen_kwargs)))
         label = requests[0].task_name if requests else ""
         bar = tqdm(total=len(pending), desc=f"{label} {self.method}", disable=disable_tqdm or not self.progress)
         tokens, seconds = 0, 0.0
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start : start + self.batch_size]
+        for batch in self._batches(pending):
             for item, record in zip(batch, self._generate_batch(batch), strict=True):
                 answers[item.index] = record["completion"]
                 if record["status"] == "ok":
@@ -189,8 +270,30 @@ class DiffusionLM(LM):
         bar.close()
         return [a if a is not None else "" for a in answers]
 
+    def _gen_length(self, gen_kwargs: dict) -> int | None:
+        """The request's ``max_gen_toks`` when the sampler settings name no length (lm-eval's habit)."""
+        if self.settings.gen_length or self.settings.max_new_tokens:
+            return None
+        return int(gen_kwargs.get("max_gen_toks") or DEFAULT_MAX_GEN_TOKS)
+
+    def _batches(self, pending: list[_Pending]):
+        """Consecutive requests, ``batch_size`` at a time, never mixing generation lengths."""
+        batch: list[_Pending] = []
+        for item in pending:
+            if batch and (len(batch) == self.batch_size or item.gen_length != batch[0].gen_length):
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
+
+    def _settings_for(self, batch: list[_Pending]) -> SamplerSettings:
+        length = batch[0].gen_length
+        return self.settings if length is None else replace(self.settings, gen_length=length)
+
     def _generate_batch(self, batch: list[_Pending]) -> list[dict]:
-        gen_length = self.settings.gen_length or self.settings.max_new_tokens
+        settings = self._settings_for(batch)
+        gen_length = settings.gen_length or settings.max_new_tokens
         records: list[dict | None] = [None] * len(batch)
         runnable = []
         for j, item in enumerate(batch):
@@ -201,7 +304,7 @@ class DiffusionLM(LM):
             else:
                 runnable.append((j, ids))
         if runnable:
-            self._run(batch, runnable, records)
+            self._run(batch, runnable, records, settings)
         for record in records:
             if self.store is not None:
                 self.store.append(record)
@@ -219,7 +322,9 @@ class DiffusionLM(LM):
             return f"token id {bad[0]} is outside the model's vocabulary of {spec.vocab_size} (tokenizer and model disagree)"
         return None
 
-    def _run(self, batch: list[_Pending], runnable: list[tuple[int, list[int]]], records: list) -> None:
+    def _run(
+        self, batch: list[_Pending], runnable: list[tuple[int, list[int]]], records: list, settings: SamplerSettings
+    ) -> None:
         spec = self.model.spec
         width = max(len(ids) for _, ids in runnable)
         input_ids = torch.full((len(runnable), width), spec.tokens.pad, dtype=torch.long)
@@ -239,7 +344,7 @@ class DiffusionLM(LM):
                         input_ids.to(self.model.device),
                         mask.to(self.model.device) if len(runnable) > 1 else None,
                         method=strategy,
-                        **{k: v for k, v in asdict(self.settings).items() if v is not None},
+                        **{k: v for k, v in asdict(settings).items() if v is not None},
                     )
             except GenerationTimeout as err:
                 status, error = "timeout", str(err)
