@@ -28,7 +28,7 @@ from dllm_accel.eval.prompting import PromptFormat, encode
 from dllm_accel.models import load_model, load_tokenizer
 from dllm_accel.paths import REPO_ROOT
 from dllm_accel.results import RunStore
-from dllm_accel.train.tasks import KEY_SYMBOLS, held_out_samples
+from dllm_accel.synthetic_tasks import KEY_SYMBOLS, held_out_samples
 
 TINY = REPO_ROOT / "checkpoints" / "tiny-llada"
 
