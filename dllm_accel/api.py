@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .generation import GenerationOutput, SamplerSettings, denoise
+from .generation.block_diffusion import BlockDiffusionSettings, block_diffusion_generate
 from .methods import ForwardStrategy, build_method
 from .methods.registry import config_fields
 from .models.core import DiffusionTransformer
@@ -34,6 +35,8 @@ def generate(
     ``apply_chat_template(..., return_tensors="pt")``.
     """
     input_ids, attention_mask = _unpack_inputs(input_ids, attention_mask)
+    if model.spec.block_causal:
+        return _block_causal_generate(model, input_ids, attention_mask, method, settings)
     sampler_names = SamplerSettings.names() - (config_fields(method) if isinstance(method, str) else set())
     sampler = {k: v for k, v in settings.items() if k in sampler_names}
     rest = {k: v for k, v in settings.items() if k not in sampler_names}
@@ -62,3 +65,24 @@ def _unpack_inputs(
             f"input_ids must be a [batch, length] tensor or a tokenizer's output, got {type(input_ids).__name__}"
         )
     return input_ids, attention_mask
+
+
+def _block_causal_generate(
+    model: DiffusionTransformer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    method: str | ForwardStrategy,
+    settings: dict[str, Any],
+) -> GenerationOutput:
+    """LLaDA2.x: the family's block-diffusion sampler is what ``vanilla`` means; no other method runs."""
+    strategy = build_method(method) if isinstance(method, str) else method
+    if strategy.name != "vanilla":
+        raise ValueError(
+            f"method {strategy.name!r} cannot run on block-causal {model.spec.family}: {strategy.block_causal_reason}"
+        )
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
+        raise ValueError(
+            f"{model.spec.family} block diffusion takes unpadded prompts of one length (the official sampler is batch-1); "
+            "run prompts of different lengths separately"
+        )
+    return block_diffusion_generate(model, input_ids, BlockDiffusionSettings.from_options(dict(settings)))

@@ -26,6 +26,11 @@ class ForwardStrategy(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     supports_cfg: ClassVar[bool] = False
+    # why the method cannot drive a block-causal model (LLaDA2), which decodes with its own sampler
+    block_causal_reason: ClassVar[str] = (
+        "it reuses what bidirectional full-sequence passes computed, and that reuse has not been "
+        "adapted to block-causal attention, where the block-diffusion sampler's prefix cache is already exact"
+    )
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

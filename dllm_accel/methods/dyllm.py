@@ -301,7 +301,7 @@ class DyLLM(ForwardStrategy):
         s = model.spec
         half = model.dtype in (torch.bfloat16, torch.float16)
         in_fp32 = s.rope_in_fp32 or (self.config.engine_rope and half)
-        return RopeTable(positions, s.head_dim, s.rope_theta, in_fp32, model.dtype, s.rope_scaling)
+        return RopeTable(positions, s.rope_dim, s.rope_theta, in_fp32, model.dtype, s.rope_scaling)
 
     def _write_logits(
         self, model: DiffusionTransformer, hidden: torch.Tensor, queries: slice, running: torch.Tensor | None

@@ -82,6 +82,10 @@ class FastDLLM(ForwardStrategy):
     Config = FastDLLMConfig
     config: FastDLLMConfig
     supports_cfg: ClassVar[bool] = False
+    block_causal_reason: ClassVar[str] = (
+        "the block-diffusion sampler (method='vanilla') already keeps the exact prefix cache that Fast-dLLM's "
+        "prefix mode approximates, and block-causal attention leaves the block no suffix for the dual cache"
+    )
 
     @property
     def cached(self) -> bool:

@@ -129,7 +129,7 @@ class SparseDLLM(ForwardStrategy):
     def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         spec, block = model.spec, canvas.settings.block_length
         theta = spec.rope_theta * self.config.scaling_factor
-        self.rope = RopeTable(canvas.positions, spec.head_dim, theta, spec.rope_in_fp32, model.dtype, spec.rope_scaling)
+        self.rope = RopeTable(canvas.positions, spec.rope_dim, theta, spec.rope_in_fp32, model.dtype, spec.rope_scaling)
         # None: every row has the same keys (no padding); else each row's own keys and budget
         self.rows: list[OwnKeys] | None = None
         self.budgets = [kept_count(canvas.length - block, self.config.keep_ratio)]

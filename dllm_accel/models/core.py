@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .moe import MoEFeedForward
 from .rope import RopeTable
 from .spec import ModelSpec
 
@@ -31,7 +32,7 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, index: int = 0) -> None:
         super().__init__()
         self.spec = spec
         d, hd = spec.d_model, spec.head_dim
@@ -39,11 +40,16 @@ class Block(nn.Module):
         self.q_proj = nn.Linear(d, spec.n_heads * hd, bias=spec.qkv_bias)
         self.k_proj = nn.Linear(d, spec.kv_dim, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(d, spec.kv_dim, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(spec.n_heads * hd, d, bias=False)
+        self.o_proj = nn.Linear(spec.n_heads * hd, d, bias=spec.o_bias)
+        if spec.qk_norm:
+            self.q_norm_layer = RMSNorm(hd, spec.norm_eps)
+            self.k_norm_layer = RMSNorm(hd, spec.norm_eps)
         self.mlp_norm_layer = RMSNorm(d, spec.norm_eps)
-        self.gate_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
-        self.up_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
-        self.down_proj = nn.Linear(spec.mlp_hidden, d, bias=False)
+        self.moe = MoEFeedForward(d, spec.moe) if spec.moe is not None and spec.moe.layers[index] else None
+        if self.moe is None:
+            self.gate_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
+            self.up_proj = nn.Linear(d, spec.mlp_hidden, bias=False)
+            self.down_proj = nn.Linear(spec.mlp_hidden, d, bias=False)
 
     # -- primitives -------------------------------------------------------------------
     def attn_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,12 +64,14 @@ class Block(nn.Module):
         return x.view(b, t, n_heads, self.spec.head_dim).transpose(1, 2)
 
     def query(self, h: torch.Tensor) -> torch.Tensor:
-        """Q alone [B, H, T, D], before RoPE, for methods that project keys for fewer rows than queries."""
-        return self._heads(self.q_proj(h), self.spec.n_heads)
+        """Q alone [B, H, T, D], before RoPE (after QK-norm), for methods that project keys for fewer rows."""
+        q = self._heads(self.q_proj(h), self.spec.n_heads)
+        return self.q_norm_layer(q) if self.spec.qk_norm else q
 
     def key(self, h: torch.Tensor) -> torch.Tensor:
-        """K alone [B, H_kv, T, D], before RoPE."""
-        return self._heads(self.k_proj(h), self.spec.n_kv_heads)
+        """K alone [B, H_kv, T, D], before RoPE (after QK-norm)."""
+        k = self._heads(self.k_proj(h), self.spec.n_kv_heads)
+        return self.k_norm_layer(k) if self.spec.qk_norm else k
 
     def value(self, h: torch.Tensor) -> torch.Tensor:
         """V alone [B, H_kv, T, D], for methods that score tokens by how their values changed."""
@@ -79,8 +87,9 @@ class Block(nn.Module):
         v: torch.Tensor,
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Bidirectional attention; ``key_mask`` [B, Tk] bool hides padded keys."""
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        """Attention; ``key_mask`` [B, Tk] bool hides padded keys, or [B|1, 1, Tq, Tk] bool is the full mask
+        (block-causal models)."""
+        mask = key_mask[:, None, None, :] if key_mask is not None and key_mask.dim() == 2 else key_mask
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
@@ -92,6 +101,8 @@ class Block(nn.Module):
         return self.mlp_norm_layer(x)
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if self.moe is not None:
+            return self.moe(h)
         return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
     # -- the plain pass ---------------------------------------------------------------
@@ -109,7 +120,7 @@ class DiffusionTransformer(nn.Module):
         super().__init__()
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
-        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
+        self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.n_layers))
         self.final_norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
 
@@ -123,7 +134,7 @@ class DiffusionTransformer(nn.Module):
 
     def rope_table(self, positions: torch.Tensor) -> RopeTable:
         s = self.spec
-        return RopeTable(positions, s.head_dim, s.rope_theta, s.rope_in_fp32, self.dtype, s.rope_scaling)
+        return RopeTable(positions, s.rope_dim, s.rope_theta, s.rope_in_fp32, self.dtype, s.rope_scaling)
 
     def positions_for(self, length: int, start: int = 0) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device)

@@ -33,6 +33,16 @@ _BLOCK_ROLES = (
 
 
 @dataclass(frozen=True)
+class Slot:
+    """Where a stored tensor goes: a core parameter or one expert of a stacked one; ``rows``
+    takes part of the stored tensor (a fused projection split over several core parameters)."""
+
+    name: str
+    expert: int | None = None
+    rows: slice | None = None
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
     name: str
     model_types: tuple[str, ...]
@@ -41,14 +51,22 @@ class FamilyAdapter:
     block_keys: dict[str, str]
     global_keys: dict[str, str]
     format_chat: Callable[[str, str | None], str]
+    # families whose layout differs per layer (MoE, fused qkv) map keys themselves
+    layer_slots: Callable[[ModelSpec, int], dict[str, list[Slot]]] | None = None
+    # another family whose model_type this one shares, told apart by the config's keys
+    claims: Callable[[dict[str, Any]], bool] | None = None
 
-    def key_map(self, spec: ModelSpec) -> dict[str, str]:
-        mapping = dict(self.global_keys)
+    def key_map(self, spec: ModelSpec) -> dict[str, list[Slot]]:
+        """Every stored tensor name -> the slots it fills."""
+        mapping = {official: [Slot(core)] for official, core in self.global_keys.items()}
         for i in range(spec.n_layers):
+            if self.layer_slots is not None:
+                mapping.update(self.layer_slots(spec, i))
+                continue
             for official, core in self.block_keys.items():
                 if core.endswith(".bias") and not spec.qkv_bias:
                     continue
-                mapping[official.format(i=i)] = f"blocks.{i}." + core
+                mapping[official.format(i=i)] = [Slot(f"blocks.{i}." + core)]
         return mapping
 
 
@@ -253,11 +271,16 @@ DREAM = FamilyAdapter(
     format_chat=_dream_chat,
 )
 
-FAMILIES: dict[str, FamilyAdapter] = {"llada": LLADA, "dream": DREAM}
+from .families_moe import LLADA2, LLADA_MOE  # noqa: E402  (they build on the helpers above)
+
+FAMILIES: dict[str, FamilyAdapter] = {"llada": LLADA, "dream": DREAM, "llada_moe": LLADA_MOE, "llada2": LLADA2}
 
 
 def adapter_for(config: dict[str, Any], source: str) -> FamilyAdapter:
     model_type = config.get("model_type")
+    for adapter in FAMILIES.values():
+        if adapter.claims is not None and adapter.claims(config):
+            return adapter
     for adapter in FAMILIES.values():
         if model_type in adapter.model_types:
             return adapter

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from .core import DiffusionTransformer
-from .families import CheckpointError, FamilyAdapter, adapter_for
+from .families import CheckpointError, FamilyAdapter, Slot, adapter_for
 from .spec import ModelSpec
 
 _WEIGHT_FILE = "model.safetensors"
@@ -89,7 +89,14 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return {name: single for name in handle.keys()}
 
 
-def _check_keys(files: dict[str, Path], key_map: dict[str, str], model: DiffusionTransformer, family: str) -> None:
+def _slot_shape(slot: Slot, params: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    shape = tuple(params[slot.name].shape)
+    return shape[1:] if slot.expert is not None else shape
+
+
+def _check_keys(
+    files: dict[str, Path], key_map: dict[str, list[Slot]], model: DiffusionTransformer, family: str
+) -> None:
     unexpected = sorted(set(files) - set(key_map))
     if unexpected:
         name = unexpected[0]
@@ -109,7 +116,10 @@ def _check_keys(files: dict[str, Path], key_map: dict[str, str], model: Diffusio
                 if name not in stored:
                     raise CheckpointError(f"{path}: tensor '{name}' listed in the index is not in the file")
                 shape = tuple(handle.get_slice(name).get_shape())
-                expected = tuple(params[key_map[name]].shape)
+                slots = key_map[name]
+                expected = _slot_shape(slots[0], params)
+                if len(slots) > 1:  # a fused projection: the parts stack along the rows
+                    expected = (sum(_slot_shape(slot, params)[0] for slot in slots), *expected[1:])
                 if shape != expected:
                     raise CheckpointError(f"{path}: tensor '{name}' has shape {shape}, expected {expected}")
 
@@ -139,14 +149,34 @@ def load_model(
     files = weight_files(directory)
     key_map = adapter.key_map(spec)
     _check_keys(files, key_map, model, adapter.name)
-    state = {}
+    model.load_state_dict(_read_state(files, key_map, model, target, device), strict=True, assign=True)
+    return model.requires_grad_(False).eval()
+
+
+def _read_state(
+    files: dict[str, Path],
+    key_map: dict[str, list[Slot]],
+    model: DiffusionTransformer,
+    target: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Core state dict: whole tensors as read; stacked experts and split projections filled in place."""
+    params = dict(model.named_parameters())
+    state: dict[str, torch.Tensor] = {}
     for path in sorted(set(files.values())):
         with safe_open(path, framework="pt", device=str(device)) as handle:
             for name in handle.keys():
                 tensor = handle.get_tensor(name)
-                state[key_map[name]] = tensor if target is None else tensor.to(target)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.requires_grad_(False).eval()
+                tensor = tensor if target is None else tensor.to(target)
+                for slot in key_map[name]:
+                    part = tensor if slot.rows is None else tensor[slot.rows]
+                    if slot.expert is None:
+                        state[slot.name] = part
+                        continue
+                    if slot.name not in state:
+                        state[slot.name] = torch.empty(params[slot.name].shape, dtype=tensor.dtype, device=device)
+                    state[slot.name][slot.expert].copy_(part)
+    return state
 
 
 def _with_rope_scaling(spec: ModelSpec, factor: float) -> ModelSpec:
@@ -164,7 +194,7 @@ def _randomize(model: DiffusionTransformer, dtype: torch.dtype, device: torch.de
         for name, param in model.named_parameters():
             if name.endswith("norm_layer.weight") or name == "final_norm.weight":
                 param.fill_(1.0)
-            elif name.endswith(".bias"):
+            elif name.endswith((".bias", "expert_bias")):
                 param.zero_()
             else:
                 param.normal_(0.0, 0.02, generator=generator)

@@ -20,7 +20,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RopeTable:
-    """cos/sin for positions of shape [T] or [B, T], broadcast over heads."""
+    """cos/sin for positions of shape [T] or [B, T], broadcast over heads; ``head_dim`` is the rotated width."""
 
     def __init__(
         self,
@@ -46,7 +46,13 @@ class RopeTable:
         self.sin = emb.sin().to(target)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` [B, H, T, D]; the result keeps x's dtype."""
+        """Rotate ``x`` [B, H, T, D]; the result keeps x's dtype.
+
+        A table narrower than D (partial rotary) rotates the first channels and passes the rest.
+        """
+        width = self.cos.shape[-1]
+        if width < x.shape[-1]:
+            return torch.cat((self.apply(x[..., :width]), x[..., width:]), dim=-1)
         src = x.float() if self.in_fp32 else x
         out = src * self.cos + rotate_half(src) * self.sin
         return out.to(x.dtype)
