@@ -29,7 +29,7 @@ from ..generation.settings import SettingsError
 from ..models.core import Block, DiffusionTransformer
 from ..models.rope import RopeTable
 from .base import ForwardStrategy, MethodConfig
-from .dyllm_kernel import KERNELS, compute_dtype, context_delta, cosine
+from .dyllm_kernel import KERNELS, compute_dtype, cosine, update_context
 from .registry import register
 
 FULL, SPARSE, PRUNED = "full", "sparse", "pruned"
@@ -99,8 +99,8 @@ class LayerCache:
         kv = (batch, s.n_kv_heads, length + 1, s.head_dim)
         options = {"dtype": model.dtype, "device": model.device}
         return cls(
-            torch.empty(kv, **options),
-            torch.empty(kv, **options),
+            torch.zeros(kv, **options),  # zeros: the sink row must hold finite values
+            torch.zeros(kv, **options),
             torch.empty(batch, s.n_heads, length, s.head_dim, **options),
             torch.empty(batch, length + 1, s.d_model, **options),
         )
@@ -118,6 +118,21 @@ class StepRecord:
     queried: torch.Tensor | int = 0
     # per layer [B, L] bool of those sets in absolute positions, when ``record_salient``
     salient: list[torch.Tensor] | None = None
+
+
+@dataclass
+class Selection:
+    """Salient rows in ``width`` slots per request, ascending, real ones first. Empty slots hold
+    distinct non-salient query rows in ``rows`` (safe to gather) and the sink in ``columns``."""
+
+    rows: torch.Tensor  # [B, W] query-row coordinates
+    columns: torch.Tensor  # [B, W] absolute columns; L (the caches' sink row) for empty slots
+    first: int  # absolute column of query row 0
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """Absolute columns of ``rows`` (RoPE positions of the recomputed keys)."""
+        return self.rows + self.first if self.first else self.rows
 
 
 @register
@@ -146,6 +161,8 @@ class DyLLM(ForwardStrategy):
         self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
         self.logits = torch.empty(batch, length, model.spec.vocab_size, dtype=model.dtype, device=device)
         self.seed = torch.zeros_like(canvas.x, dtype=torch.bool)
+        self.columns = torch.arange(length, device=device)
+        self.sink = torch.tensor(length, device=device)
         self.trace: list[StepRecord] = []
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
@@ -234,28 +251,21 @@ class DyLLM(ForwardStrategy):
         seed = self.seed[:, queries] if running is None else self.seed[:, queries] & running[:, None]
         bound = min(width, canvas.settings.block_length)
         torch._assert_async((seed.sum(dim=1) <= bound).all(), "dyllm: a step decoded more than a block")
-        index, valid = _first_true(seed, bound)
+        chosen = self._select(seed, bound, queries)
         rope = self.rope.select(queries)
-        stat_dtype = torch.promote_types(torch.float32, model.dtype)
         x = model.embed(canvas.x[:, queries])
         for block, cache in zip(model.blocks, self.caches, strict=True):
             h = block.attn_norm(x)
             q = block.rope(block.query(h), rope)
-            context = self._attention(model, block, cache, h, q, index, valid, queries)
             old = cache.c[:, :, queries]
-            salient = cosine(context, old, stat_dtype) < self.config.threshold
-            if real is not None:
-                salient &= real
+            salient = self._attention(model, block, cache, h, q, chosen, old, real, queries.start)
             counts = salient.sum(dim=1)
             record.counts.append(counts)
-            index, valid = _first_true(salient, int(counts.max()))  # the layer's one host read
-            context = context.to(model.dtype)
-            old.copy_(context)
-            x = x + block.attn_out(context)
-            if index.shape[1]:
-                h = block.mlp_norm(x)
-                sink = torch.where(valid, index + queries.start, canvas.length)
-                cache.f.scatter_(1, _along(sink, 1, cache.f), block.mlp(_gather_rows(h, index)))
+            chosen = self._select(salient, int(counts.max()), queries)  # the layer's one host read
+            x = x + block.attn_out(old)
+            if chosen.rows.shape[1]:
+                ffn = block.mlp(block.mlp_norm(_gather_rows(x, chosen.rows)))
+                cache.f.scatter_(1, _along(chosen.columns, 1, ffn), ffn)
             x = x + cache.f[:, queries]
             self._record(record, salient, queries, canvas)
         return x
@@ -267,34 +277,48 @@ class DyLLM(ForwardStrategy):
         cache: LayerCache,
         h: torch.Tensor,
         q: torch.Tensor,
-        index: torch.Tensor,
-        valid: torch.Tensor,
-        queries: slice,
+        chosen: Selection,
+        old: torch.Tensor,
+        real: torch.Tensor | None,
+        first: int,
     ) -> torch.Tensor:
-        """New contexts [B, H, T, D]: exact for the salient rows ``index`` [B, W] (``valid`` slots,
-        model dtype), approximated for the rest in the kernel's accumulation dtype, before any
-        rounding (the cosine sees these)."""
+        """Recompute K/V of the ``chosen`` rows, write every query row's new context into ``old``
+        (the C cache rows of the queries; exact for the chosen rows, approximated for the rest)
+        and return the rows whose new context has cosine < threshold with the cached one."""
         dtype = compute_dtype(model.dtype)
-        old = cache.c[:, :, queries]
-        if not index.shape[1]:
-            return old.to(dtype)
         length = cache.c.shape[2]
-        keys_at = index + queries.start
-        sink = torch.where(valid, keys_at, length)
-        h_s = _gather_rows(h, index)
-        k_s = block.rope(block.key(h_s), self.rope.select(keys_at))
+        if not chosen.rows.shape[1]:  # no key changed: every context stays as it was
+            salient = cosine(old.to(dtype), old, torch.promote_types(torch.float32, model.dtype)) < self.config.threshold
+            return salient if real is None else salient & real
+        h_s = _gather_rows(h, chosen.rows)
+        k_s = block.rope(block.key(h_s), self.rope.select(chosen.keys))
         v_s = block.value(h_s)
-        delta_v = (v_s - cache.v.gather(2, _along(keys_at, 2, v_s))) * valid[:, None, :, None]
-        cache.k.scatter_(2, _along(sink, 2, k_s), k_s)
-        cache.v.scatter_(2, _along(sink, 2, v_s), v_s)
-        keys, values = cache.k[:, :, :length], cache.v[:, :, :length]
-        q_s = q.gather(2, _along(index, 2, q))
-        exact = block.attend(q_s, keys, values, self.key_mask).to(dtype)
-        pv_dtype = None if dtype == model.dtype else model.dtype
-        context = context_delta(q.to(dtype), keys, delta_v, keys_at, self.starts, self.quirks, pv_dtype)
-        context.add_(old.to(dtype))
-        into = _along(index, 2, exact)
-        return context.scatter_(2, into, torch.where(valid[:, None, :, None], exact, context.gather(2, into)))
+        # empty slots read and write the sink row; their dV gets weight 0 in the kernel
+        delta_v = v_s - cache.v.gather(2, _along(chosen.columns, 2, v_s))
+        cache.k.scatter_(2, _along(chosen.columns, 2, k_s), k_s)
+        cache.v.scatter_(2, _along(chosen.columns, 2, v_s), v_s)
+        q_s = q.gather(2, _along(chosen.rows, 2, q))
+        exact = block.attend(q_s, cache.k[:, :, :length], cache.v[:, :, :length], self.key_mask)
+        return update_context(
+            q.to(dtype),
+            cache.k,
+            delta_v,
+            chosen.columns,
+            exact.to(dtype),
+            old,
+            real,
+            self.starts,
+            first,
+            self.config.threshold,
+            self.quirks.carry_scores,
+            self.quirks.unmasked_padding,
+        )
+
+    def _select(self, mask: torch.Tensor, width: int, queries: slice) -> Selection:
+        """The true rows of ``mask`` [B, T] (query rows ``queries``), ``width`` slots per row."""
+        key = torch.where(mask, self.columns[queries], self.sink)
+        columns, rows = torch.sort(key, dim=1, stable=True)
+        return Selection(rows[:, :width], columns[:, :width], queries.start)
 
     # -- helpers ----------------------------------------------------------------------
     def _rope(self, model: DiffusionTransformer, positions: torch.Tensor) -> RopeTable:
@@ -337,13 +361,6 @@ def _shift(x: torch.Tensor, packed: bool, running: torch.Tensor | None = None) -
     has = (previous >= 0).view(-1, *[1] * (x.dim() - 2))
     shifted[:, 0] = torch.where(has, x[previous.clamp(min=0), -1], x[:, 0])
     return shifted
-
-
-def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ascending true columns of each row of ``mask`` [B, T], ``width`` slots per row:
-    (index [B, width], valid [B, width]); padded slots hold distinct false columns."""
-    valid, order = torch.sort(mask, dim=1, descending=True, stable=True)
-    return order[:, :width], valid[:, :width]
 
 
 def _along(index: torch.Tensor, dim: int, like: torch.Tensor) -> torch.Tensor:

@@ -56,26 +56,30 @@ def context_delta(
     starts: torch.Tensor | None,
     quirks: KernelQuirks,
     pv_dtype: torch.dtype | None = None,
+    length: int | None = None,
 ) -> torch.Tensor:
     """``softmax(q K^T / sqrt(D)) dV`` per query row, with the kernel's numerics.
 
-    ``q`` [B, H, T, D] in the accumulation dtype; ``keys`` [B, H_kv, L, D], where row b's keys
-    are the columns ``starts[b]..L-1`` (left padding; None: all). ``delta_v`` [B, H_kv, W, D]
-    holds dV on the key columns ``columns`` [B, W] (distinct per row; rows of zeros allowed).
+    ``q`` [B, H, T, D] in the accumulation dtype; ``keys`` [B, H_kv, L', D], whose first
+    ``length`` rows (default all) are the keys: row b's are the columns ``starts[b]..length-1``
+    (left padding; None: all). ``delta_v`` [B, H_kv, W, D] holds dV on the key columns
+    ``columns`` [B, W] (distinct per row); a column >= ``length`` is an empty slot (weight 0).
     ``pv_dtype``: what the probabilities are rounded to before the PV product (the kernel's bf16
     mma); None keeps them. Returns [B, H, T, D] in ``q``'s dtype.
     """
-    batch, heads, length, dim = q.shape
+    batch, heads, rows, dim = q.shape
+    length = keys.shape[2] if length is None else length
     groups = heads // keys.shape[1]
     # GQA without copying K: the query heads of one KV head become extra rows
-    grouped = q.reshape(batch, keys.shape[1], groups * length, dim)
+    grouped = q.reshape(batch, keys.shape[1], groups * rows, dim)
     scores = torch.matmul(grouped, keys.to(q.dtype).transpose(-1, -2))
     if quirks.carry_scores or quirks.unmasked_padding:
-        weights = _tiled_weights(scores, columns, starts, quirks, dim**-0.5, pv_dtype)
+        weights = _tiled_weights(scores, columns, starts, length, quirks, dim**-0.5, pv_dtype)
     else:
+        scores[..., length:] = -torch.inf
         weights = _weights(scores.mul_(dim**-0.5), columns, starts, pv_dtype)
     out = torch.matmul(weights, delta_v.to(q.dtype))
-    return out.view(batch, heads, length, dim)
+    return out.view(batch, heads, rows, dim)
 
 
 def _weights(
@@ -112,15 +116,16 @@ def _tiled_weights(
     scores: torch.Tensor,
     columns: torch.Tensor,
     starts: torch.Tensor | None,
+    total: int,
     quirks: KernelQuirks,
     scale: float,
     pv_dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """The legacy builds' weights: tile by tile, since a carried tile depends on the previous one."""
-    batch, total = scores.shape[0], scores.shape[-1]
+    batch = scores.shape[0]
     first = torch.zeros(batch, dtype=torch.long, device=scores.device) if starts is None else starts
     lengths = total - first
-    n_tiles = math.ceil(int(lengths.max()) / TILE)
+    n_tiles = math.ceil(total / TILE)  # the longest request's, read without asking the device
     # each request's keys from its first one, in whole tiles (zero keys score 0 past its end)
     offsets = torch.arange(n_tiles * TILE, device=scores.device)
     real = offsets[None, :] < lengths[:, None]
@@ -147,13 +152,61 @@ def _tiled_weights(
         row_max = torch.where(active, new_max, row_max)
         tile_max[..., j] = row_max
         carry = probs[..., tile]
-    at = columns - first[:, None]
+    at = (columns - first[:, None]).clamp(max=n_tiles * TILE - 1)
     picked = at[:, None, None, :].expand(*scores.shape[:3], -1)
-    chosen = probs.gather(-1, picked)
+    chosen = probs.gather(-1, picked).masked_fill_((columns >= total)[:, None, None, :], 0.0)
     if pv_dtype is not None:
         chosen = chosen.to(pv_dtype).to(scores.dtype)
     local_max = tile_max.gather(-1, picked // TILE)
     return chosen * torch.exp(local_max - row_max[..., None]) / row_sum[..., None]
+
+
+@torch.library.custom_op("dllm_accel::dyllm_context", mutates_args=("cached",))
+def update_context(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    delta_v: torch.Tensor,
+    columns: torch.Tensor,
+    exact: torch.Tensor,
+    cached: torch.Tensor,
+    real: torch.Tensor | None,
+    starts: torch.Tensor | None,
+    first: int,
+    threshold: float,
+    carry_scores: bool,
+    unmasked_padding: bool,
+) -> torch.Tensor:
+    """One layer's context update, as the engine's one sparse-attention kernel: every query row's
+    new context, its cosine with the cached one and the new salient set.
+
+    ``q`` [B, H, T, D] (the query rows, absolute columns ``first..first+T-1``) in the
+    accumulation dtype; ``keys`` [B, H_kv, L + 1, D] the K cache, whose last row is a sink and
+    not a key; ``columns`` [B, W] the salient rows (ascending absolute columns, L for empty
+    slots), with ``delta_v`` [B, H_kv, W, D] their dV and ``exact`` [B, H, W, D] their exact
+    contexts; ``cached`` [B, H, T, D] the cached contexts, overwritten with the new ones (rounded
+    to its dtype). ``real`` [B, T] (None: all) limits the new salient set, which is returned:
+    [B, T] bool, cosine < ``threshold``. Probabilities are rounded to ``cached``'s dtype before
+    the PV product when the accumulation dtype is wider (the kernel's 16-bit mma).
+    """
+    length = keys.shape[2] - 1
+    rows = q.shape[2]
+    quirks = KernelQuirks(carry_scores, unmasked_padding)
+    pv_dtype = None if cached.dtype == q.dtype else cached.dtype
+    delta = context_delta(q, keys, delta_v, columns, starts, quirks, pv_dtype, length)
+    # one row past the query rows' last absolute column takes the empty slots' exact contexts
+    context = torch.empty(*q.shape[:2], length - first + 1, q.shape[3], dtype=q.dtype, device=q.device)
+    new = context[:, :, :rows]
+    torch.add(cached, delta, out=new)
+    into = (columns - first)[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
+    context.scatter_(2, into, exact)
+    salient = cosine(new, cached, torch.promote_types(torch.float32, cached.dtype)) < threshold
+    cached.copy_(new)
+    return salient if real is None else salient & real
+
+
+@update_context.register_fake
+def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding):
+    return q.new_empty(q.shape[0], q.shape[2], dtype=torch.bool)
 
 
 def cosine(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
