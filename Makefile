@@ -12,7 +12,13 @@ STAMP := $(VENV)/.installed
 # them on the tiny checkpoints on CPU (into the ignored outputs/smoke/), TABLE=<experiment> runs one, LAUNCHER=slurm_1gpu
 # sends each table to SLURM. `make sweep NAME=dyllm` runs conf/experiment/sweep_dyllm.yaml.
 SCOPE ?= full
-REPRODUCE = $(PY) experiments/reproduce.py --scope $(SCOPE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+# METHOD=<preset> adds a method beside a table's own (repeat: METHOD="a b"); ARGS passes Hydra overrides.
+REPRODUCE = $(PY) experiments/reproduce.py --scope $(SCOPE) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+	$(foreach m,$(METHOD),--add-method $(m)) $(ARGS)
+
+# `make reproduce -- method=x` would only set a make variable, and the run would silently ignore it.
+$(foreach k,method model task experiment sampler,$(if $(filter command line,$(origin $(k))),\
+	$(error "$(k)=$($(k))" is a Hydra override, which make does not pass on: write ARGS="$(k)=$($(k))", or METHOD=<preset> to add a method to a table)))
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

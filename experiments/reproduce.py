@@ -121,6 +121,32 @@ def smoke_subset(name: str, jobs: list[list[str]]) -> list[list[str]]:
     return [job for job in jobs if all(o in allowed[o.split("=", 1)[0]] for o in job)]
 
 
+def method_presets() -> list[str]:
+    return sorted(str(p.relative_to(CONF / "method").with_suffix("")) for p in (CONF / "method").rglob("*.yaml"))
+
+
+def check_added_methods(methods: list[str]) -> None:
+    known = method_presets()
+    for method in methods:
+        if method not in known:
+            raise SystemExit(f"--add-method {method!r}: no conf/method/{method}.yaml (accepted: {', '.join(known)})")
+
+
+def baseline_overrides(jobs: list[list[str]]) -> list[str]:
+    """The method overrides of the table's first point: its first method and that method's settings."""
+    return [o for o in jobs[0] if _is_method(o.split("=", 1)[0])] if jobs else []
+
+
+def with_added_methods(jobs: list[list[str]], methods: list[str]) -> list[list[str]]:
+    """Each added method at every point of the table's first method, so it gets its own row under the
+    same models, tasks and lengths. A method point group (``+experiment/<x>/methods=...``) stays for its
+    settings (generation length, block); the command-line ``method=`` wins over the group's method."""
+    first = set(baseline_overrides(jobs))
+    base = [job for job in jobs if first <= set(job)]
+    added = [[*(o for o in job if not o.startswith("method=")), f"method={m}"] for m in methods for job in base]
+    return jobs + added
+
+
 def _is_method(key: str) -> bool:
     """``method`` and point groups named for methods (``+experiment/dyllm_methods``)."""
     return "method" in key.split("/")[-1]
@@ -199,11 +225,11 @@ def _spread(values: list, count: int) -> list:
     return [values[round(i * step)] for i in range(count)]
 
 
-def run_local(name: str, scope: Scope, extra: list[str]) -> dict[str, int]:
+def run_local(name: str, scope: Scope, extra: list[str], added_methods: list[str] = ()) -> dict[str, int]:
     """Every point of one experiment in this process; returns counts of run and skipped points."""
     from dllm_accel.run import evaluate
 
-    jobs = expand(name, sweep_params(name), extra)
+    jobs = with_added_methods(expand(name, sweep_params(name), extra), added_methods)
     if scope.name == "smoke":
         jobs = smoke_subset(name, jobs)
     counts = {"points": len(jobs), "ran": 0, "skipped": 0, "failed": 0}
@@ -247,8 +273,15 @@ def finished(cfg: DictConfig) -> bool:
     return bool(summary.get("complete")) and summary.get("limit") == config["task"]["limit"]
 
 
-def run_launcher(name: str, scope: Scope, launcher: str, extra: list[str]) -> None:
-    """One Hydra multirun of the experiment through ``hydra/launcher=<launcher>`` (SLURM, submitit_local)."""
+def run_launcher(name: str, scope: Scope, launcher: str, extra: list[str], added_methods: list[str] = ()) -> None:
+    """One Hydra multirun of the experiment through ``hydra/launcher=<launcher>`` (SLURM, submitit_local),
+    then one per added method over the points of the table's first method."""
+    baseline = [o for o in baseline_overrides(expand(name, sweep_params(name), extra)) if not o.startswith("method=")]
+    for added in [[], *([*baseline, f"method={m}"] for m in added_methods)]:
+        _launch(name, scope, launcher, [*extra, *added])
+
+
+def _launch(name: str, scope: Scope, launcher: str, extra: list[str]) -> None:
     command = [
         sys.executable,
         "-m",
@@ -288,6 +321,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, help="results store root (default: the scope's)")
     parser.add_argument("--skip-analysis", action="store_true", help="run the points, write no tables or figures")
     parser.add_argument("--only", choices=("tables", "figures"), help="write only these from the store, run nothing")
+    parser.add_argument(
+        "--add-method",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="a conf/method preset to run beside the table's methods (repeatable), at the first method's points",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every point, e.g. task.limit=50")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -305,13 +345,14 @@ def main(argv: list[str] | None = None) -> None:
     names = [*(args.table or []), *(args.experiment or [])] or list(TABLES)
     for name in names:
         experiment_file(name)
+    check_added_methods(args.add_method)
     failed = 0
     with hydra_session():
         for name in names:
             if args.launcher:
-                run_launcher(name, scope, args.launcher, args.overrides)
+                run_launcher(name, scope, args.launcher, args.overrides, args.add_method)
                 continue
-            counts = run_local(name, scope, args.overrides)
+            counts = run_local(name, scope, args.overrides, args.add_method)
             failed += counts["failed"]
             log.info(
                 "%s: %d points, %d ran, %d already done, %d failed",

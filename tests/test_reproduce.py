@@ -139,3 +139,33 @@ def test_launcher_runs_each_experiment_as_one_hydra_multirun(tmp_path, monkeypat
     assert all(kwargs["check"] for _, kwargs in calls)
     with pytest.raises(SystemExit, match="smoke scope"):
         reproduce.main(["--scope", "smoke", "--launcher", "slurm_1gpu"])
+
+
+@pytest.mark.parametrize("experiment", ["fast_dllm_table1", "fast_dllm_table2", "sparse_dllm_table1"])
+def test_an_added_method_runs_at_every_point_of_the_first_method(experiment):
+    with reproduce.hydra_session():
+        jobs = reproduce.expand(experiment, reproduce.sweep_params(experiment), [])
+        first = set(reproduce.baseline_overrides(jobs))
+        extended = reproduce.with_added_methods(jobs, ["fast_dllm_dual"])
+        added = extended[len(jobs):]
+        assert extended[: len(jobs)] == jobs
+        assert len(added) == sum(first <= set(job) for job in jobs) >= 1
+        for job in added:
+            assert job[-1] == "method=fast_dllm_dual"
+            config = OmegaConf.to_container(reproduce.compose(job), resolve=True)
+            assert config["method"]["name"] == "fast_dllm"
+            assert config["method"]["options"]["mode"] == "dual"
+
+
+def test_an_unknown_added_method_is_one_line():
+    with pytest.raises(SystemExit, match=r"--add-method 'nope': no conf/method/nope.yaml \(accepted: .*vanilla"):
+        reproduce.check_added_methods(["nope"])
+
+
+def test_make_refuses_a_hydra_override_it_would_drop():
+    done = subprocess.run(["make", "-n", "reproduce", "TABLE=fast_dllm_table1", "--", "method=vanilla"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and 'write ARGS="method=vanilla"' in done.stderr
+    done = subprocess.run(["make", "-n", "reproduce", "TABLE=fast_dllm_table1", "METHOD=dllm_cache", "ARGS=task.limit=2"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert "--add-method dllm_cache task.limit=2 --table fast_dllm_table1" in done.stdout
