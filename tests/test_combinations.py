@@ -29,6 +29,7 @@ from dllm_accel.generation.parallel import (
     ThresholdPolicy,
 )
 from dllm_accel.generation.policies import build_policy
+from dllm_accel.generation.rules import available_rules, rule_class
 from dllm_accel.methods.combined_dyllm_dual import DyLLMDualCache
 from dllm_accel.methods.dyllm import FULL, SPARSE
 from dllm_accel.methods.fast_dllm import UntilBlockDone
@@ -81,7 +82,16 @@ def matrix_strategies() -> dict[str, tuple[str, dict]]:
 
 
 STRATEGIES = matrix_strategies()
-POLICIES = ("fixed", "threshold", "factor", "tokens_per_step", "dyllm_engine", "dyllm_engine_threshold")
+# the samplers' own rules, then every registered decoding rule (generation/rules) at its defaults
+POLICIES = (
+    "fixed",
+    "threshold",
+    "factor",
+    "tokens_per_step",
+    "dyllm_engine",
+    "dyllm_engine_threshold",
+    *available_rules(),
+)
 LAYOUTS = {"blocks": {"gen_length": 8, "steps": 8, "block_length": 4}, "whole": {"gen_length": 8, "steps": 8}}
 CACHED_FAST_DLLM = {"fast_dllm_prefix", "fast_dllm_dual", "combined_dyllm_dual"}
 # with a fixed count of steps every reuse strategy does reuse something (the stat that shows it)
@@ -99,6 +109,8 @@ REUSED = {
 
 def policy_settings(policy: str, family: str) -> dict:
     """Sampler settings of each policy; thresholds low enough for the tiny random models to commit in parallel."""
+    if policy in available_rules():
+        return {"policy": policy}
     return {
         "fixed": {},
         "threshold": {"threshold": 0.5} if family == "llada" else {"alg": "confidence_threshold", "threshold": 0.5},
@@ -112,6 +124,8 @@ def policy_settings(policy: str, family: str) -> dict:
 
 def documented_error(strategy: str, policy: str, family: str) -> str | None:
     """The error a pair that cannot compose must raise (None: it must run)."""
+    if policy in available_rules():
+        return rule_error(strategy, policy, family)
     if policy == "factor" and family == "dream":
         return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
     if strategy in CACHED_FAST_DLLM and policy.startswith("dyllm_engine"):
@@ -120,6 +134,16 @@ def documented_error(strategy: str, policy: str, family: str) -> str | None:
         return "transfer_schedule='constant' cannot apply"
     if strategy == "sparse_dllm" and policy == "tokens_per_step" and family == "dream":
         return "the constant count of gen_length // steps = 2 per step cannot fill the generation in steps=4 steps"
+    return None
+
+
+def rule_error(strategy: str, policy: str, family: str) -> str | None:
+    """A registered rule refuses the samplers and strategies it declares it cannot serve."""
+    rule = rule_class(policy)
+    if family not in rule.samplers:
+        return f"policy {policy!r} is defined for sampler {' / '.join(rule.samplers)}, got {family!r}"
+    if rule.strategies is not None and STRATEGIES[strategy][0] not in rule.strategies:
+        return f"policy {policy!r} cannot decode from method {STRATEGIES[strategy][0]!r}"
     return None
 
 

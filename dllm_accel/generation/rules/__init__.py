@@ -13,7 +13,10 @@ import pkgutil
 from dataclasses import fields
 from typing import Any, ClassVar
 
-from ..canvas import Canvas
+import torch
+
+from ..canvas import Canvas, Commit
+from ..parallel import DreamBlockPolicy
 from ..policies import DecodingPolicy
 from ..settings import SettingsError
 
@@ -25,19 +28,42 @@ class DecodingRule(DecodingPolicy):
     name: ClassVar[str]
     Config: ClassVar[type]
     samplers: ClassVar[tuple[str, ...]] = ("llada", "dream")
+    # the strategies (registered method names) it can decode from, None = all; and why not others
+    strategies: ClassVar[tuple[str, ...] | None] = None
+    strategies_reason: ClassVar[str] = ""
     # "official" or what the rule was written from when no official code exists
     provenance: ClassVar[str] = "official"
 
     def __init__(self, config: Any, canvas: Canvas, strategy: Any) -> None:
+        name = getattr(strategy, "name", None)
+        if self.strategies is not None and name not in self.strategies:
+            raise ValueError(f"policy {self.name!r} cannot decode from method {name!r}: {self.strategies_reason}")
         self.config = config
 
     def for_dream_block_passes(self) -> DecodingPolicy:
         """The policy under strategies whose Dream passes start at the block (Fast-dLLM's cache):
-        they cannot score the block's first position, which the refresh pass commits."""
-        raise ValueError(
-            f"policy {self.name!r} has no rule for Dream block-only passes (Fast-dLLM's cache commits the block's "
-            "first position at the refresh pass; this rule does not say what to do then)"
-        )
+        they cannot score the block's first position, so the refresh pass commits it, as there."""
+        return FirstPositionFirst(self)
+
+
+class FirstPositionFirst(DreamBlockPolicy):
+    """Fast-dLLM's cached Dream loop around a rule: a block's first pass commits the block's first
+    position with its ``sample_tokens`` token, whatever its confidence; later passes follow the rule."""
+
+    def __init__(self, inner: DecodingRule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def begin_block(self, canvas: Canvas) -> None:
+        self.inner.begin_block(canvas)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return self.inner.block_finished(canvas)
+
+    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        if canvas.block_step == 0:
+            return self._first_position(logits, rows, canvas)
+        return self.inner.select(logits, rows, canvas)
 
 
 _REGISTRY: dict[str, type[DecodingRule]] = {}

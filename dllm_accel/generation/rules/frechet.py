@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..canvas import Canvas, Commit
-from ..parallel import DreamBlockPolicy, _LLaDAParallelPolicy, block_done, score_range
+from ..parallel import _LLaDAParallelPolicy, block_done, score_range
 from ..settings import SettingsError
 from . import DecodingRule, register_rule
 
@@ -90,26 +90,3 @@ class FrechetPolicy(_LLaDAParallelPolicy, DecodingRule):
         in_block[:, canvas.block_slice] = True
         confidence = confidence.masked_fill(~in_block, -torch.inf)
         return _commit(x0, confidence, candidates & in_block, rows, self.config.margin)
-
-    def for_dream_block_passes(self) -> DreamFrechetBlocks:
-        return DreamFrechetBlocks(self)
-
-
-class DreamFrechetBlocks(DreamBlockPolicy):
-    """Fast-dLLM++'s cached Dream sampler: the refresh pass commits the block's first position,
-    later passes commit by the Frechet rule until the block is full."""
-
-    def __init__(self, inner: FrechetPolicy) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def begin_block(self, canvas: Canvas) -> None:
-        self.inner.begin_block(canvas)
-
-    def block_finished(self, canvas: Canvas) -> bool:
-        return block_done(canvas)
-
-    def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
-        if canvas.block_step == 0:
-            return self._first_position(logits, rows, canvas)
-        return self.inner.select(logits, rows, canvas)
