@@ -44,6 +44,8 @@ PAPER_TABLES = (
     PaperTable("fast_dllm_table3_4", "fast_dllm", ("3-4",), "Fast-dLLM Tables 3-4 (LLaDA GSM8K, long and 8-shot)"),
     PaperTable("fast_dllm_fig5", "fast_dllm", ("fig5",), "Fast-dLLM Fig. 5 (tokens per step vs threshold)"),
     PaperTable("dllm_cache_speedups", "dllm_cache", ("radar",), "dLLM-Cache speed-ups (README radar figure)"),
+    PaperTable("dkv_cache_table1", "dkv_cache", ("1",), "dKV-Cache Table 1 (LLaDA-8B-Instruct, confidence remasking)"),
+    PaperTable("dkv_cache_table2", "dkv_cache", ("2",), "dKV-Cache Table 2 (Dream-v0-7B-Base)"),
 )
 BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
 
@@ -68,6 +70,7 @@ METHOD_ORDER = (
     "vanilla",
     "dllm_cache",
     "dkv_cache",
+    "dkv_cache_prefill",
     "fast_dllm",
     "fast_dllm_prefix",
     "fast_dllm_dual",
@@ -92,6 +95,8 @@ def method_label(method: str, options: dict, sampler: dict) -> str:
         if mode == "none":
             return "fast_dllm_parallel" if parallel else "vanilla"
         return f"fast_dllm_{mode}" + ("_parallel" if parallel else "")
+    if method == "dkv_cache" and options.get("variant") == "prefill":
+        method = "dkv_cache_prefill"
     return f"{method}_parallel" if parallel else method  # a combination: reuse + Fast-dLLM's decoding
 
 
