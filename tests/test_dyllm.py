@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from dllm_accel.generation import SamplerSettings, SettingsError
 from dllm_accel.generation.dyllm_sampler import _top_p, dyllm_sample
 from dllm_accel.methods.base import ForwardStrategy
 from dllm_accel.methods.dyllm import DyLLM, _shift, step_kind
-from dllm_accel.methods.dyllm_kernel import KERNELS, KernelQuirks, context_delta
+from dllm_accel.methods.dyllm_kernel import KERNELS, KernelQuirks, compute_dtype, context_delta
 
 FAMILIES = ("llada", "dream")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -528,3 +531,56 @@ def test_trace_matches_the_reference_step_by_step(family):
     assert ours == trace
     assert any(layer for step in trace for layer in step)  # the case is not trivially empty
     assert any(len(layer) < 10 for step in trace for layer in step)
+
+
+# -- the Triton kernel against the PyTorch path -----------------------------------------------
+
+
+def _context_case(seed: int, dtype: torch.dtype, padded: bool):
+    """A layer's update inputs: 2 requests, 4 query heads on 2 KV heads, 150 keys (3 tiles, the
+    last partial), pruned queries from column 20, 5 salient rows (one request with 2 empty slots)."""
+    g = torch.Generator().manual_seed(seed)
+    batch, heads, kv_heads, length, dim, first = 2, 4, 2, 150, 16, 20
+    rows = length - first
+    q = torch.randn(batch, heads, rows, dim, generator=g).to(dtype).to(compute_dtype(dtype))
+    keys = torch.randn(batch, kv_heads, length + 1, dim, generator=g).to(dtype)
+    salient = torch.tensor([[25, 70, 100, 140, 149], [64, 128, 131, length, length]])
+    delta_v = torch.randn(batch, kv_heads, 5, dim, generator=g).to(dtype)
+    exact = torch.randn(batch, heads, 5, dim, generator=g).to(compute_dtype(dtype))
+    cached = torch.randn(batch, heads, rows, dim, generator=g).to(dtype)
+    starts = torch.tensor([0, 53]) if padded else None
+    real = (torch.arange(first, length)[None, :] >= starts[:, None]) if padded else None
+    return q, keys, delta_v, salient, exact, cached, real, starts, first
+
+
+TRITON_CHECK = """
+import torch
+from dllm_accel.methods.dyllm_kernel import update_context_torch
+from dllm_accel.methods.dyllm_triton import triton_update_context
+from test_dyllm import _context_case
+for kernel, quirks in ((\"fixed\", (False, False)), (\"legacy\", (True, True))):
+    for dtype in (torch.float32, torch.bfloat16):
+        for padded in (False, True):
+            q, keys, delta_v, salient, exact, cached, real, starts, first = _context_case(1, dtype, padded)
+            args = (q, keys, delta_v, salient, exact)
+            ours, theirs = cached.clone(), cached.clone()
+            mask_t = update_context_torch(*args, ours, real, starts, first, 0.999, *quirks)
+            mask_k = triton_update_context(*args, theirs, real, starts, first, 0.999, *quirks)
+            tol = 1e-5 if dtype == torch.float32 else 2**-5  # one bf16 ulp of values below 8
+            err = float((ours.float() - theirs.float()).abs().max())
+            assert err <= tol, (kernel, dtype, padded, err)
+            assert torch.equal(mask_t, mask_k), (kernel, dtype, padded)
+            assert mask_t.any() and not mask_t.all(), (kernel, dtype, padded)
+            print(kernel, dtype, padded, \"max abs difference\", err)
+"""
+
+
+@pytest.mark.slow
+def test_triton_kernel_matches_the_pytorch_path_interpreted():
+    """The CUDA kernel, run by Triton's CPU interpreter, against the PyTorch path: fixed and
+    legacy builds, fp32 and bf16 caches, with and without left padding."""
+    pytest.importorskip("triton")
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
+    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -161,8 +161,7 @@ def _tiled_weights(
     return chosen * torch.exp(local_max - row_max[..., None]) / row_sum[..., None]
 
 
-@torch.library.custom_op("dllm_accel::dyllm_context", mutates_args=("cached",))
-def update_context(
+def update_context_torch(
     q: torch.Tensor,
     keys: torch.Tensor,
     delta_v: torch.Tensor,
@@ -204,9 +203,41 @@ def update_context(
     return salient if real is None else salient & real
 
 
+@torch.library.custom_op("dllm_accel::dyllm_context", mutates_args=("cached",))
+def update_context(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    delta_v: torch.Tensor,
+    columns: torch.Tensor,
+    exact: torch.Tensor,
+    cached: torch.Tensor,
+    real: torch.Tensor | None,
+    starts: torch.Tensor | None,
+    first: int,
+    threshold: float,
+    carry_scores: bool,
+    unmasked_padding: bool,
+) -> torch.Tensor:
+    """``update_context_torch`` as one operator: on CUDA the Triton kernel of ``dyllm_triton``."""
+    return update_context_torch(
+        q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding
+    )
+
+
 @update_context.register_fake
 def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding):
     return q.new_empty(q.shape[0], q.shape[2], dtype=torch.bool)
+
+
+@update_context.register_kernel("cuda")
+def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding):
+    """The Triton kernel where triton is installed and the caches are 16 or 32 bits; else PyTorch."""
+    from .dyllm_triton import available, triton_update_context
+
+    args = (q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding)
+    if available() and cached.dtype != torch.float64:
+        return triton_update_context(*args)
+    return update_context_torch(*args)
 
 
 def cosine(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
