@@ -59,6 +59,11 @@ def denoise(
             if _all_finished(canvas):
                 break
     strategy.finish(model, canvas)
+    if canvas.step and not canvas.nfe:
+        raise RuntimeError(
+            f"method {strategy.name!r} ran {canvas.step} steps but counted no forward pass: every model call in "
+            "its forward() must add 1 to canvas.nfe (dense_logits does), or NFE and tokens per step are wrong"
+        )
     return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
 
 
