@@ -35,12 +35,28 @@ DEFINITION_TEXT = {
 }
 PER_LAYER = re.compile(r"stat_recompute_fraction_layer_(\d+)$")
 WHOLE_MODEL = ("stat_recompute_fraction", "stat_salient_fraction_mean")
-PALETTE = (*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors)
+PALETTE = (
+    *plt.get_cmap("tab10").colors,
+    *plt.get_cmap("Dark2").colors,
+    *plt.get_cmap("Set1").colors,
+    *plt.get_cmap("tab20b").colors,
+)
+METHOD_CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+
+
+def method_labels() -> list[str]:
+    """Every method label in a fixed order: the catalog's, then each other preset in conf/method by name.
+    Taken from the presets, so a new method gets a colour of its own without being listed anywhere."""
+    presets = sorted(p.stem for p in METHOD_CONF.glob("*.yaml"))
+    return [*METHOD_ORDER, *(p for p in presets if p not in METHOD_ORDER)]
 
 
 def color(label: str) -> tuple:
-    """One colour per method label, the same in every figure."""
-    index = METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, label))
+    """One colour per method, the same in every figure and distinct from every other method's; a sweep
+    point labelled ``<method> <setting>=<value>`` takes its method's colour."""
+    method = label.split(" ", 1)[0]
+    labels = method_labels()
+    index = labels.index(method) if method in labels else len(labels) + sum(map(ord, method))
     return PALETTE[index % len(PALETTE)]
 
 

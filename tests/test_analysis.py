@@ -191,3 +191,22 @@ def test_an_interrupted_run_is_listed_without_numbers(tmp_path):
     assert runs.loc[0, "complete"] is False or not runs.loc[0, "complete"]
     assert pd.isna(runs.loc[0, "accuracy"]) and runs.loc[0, "samples"] == 0
     assert json.loads(json.dumps(runs.loc[0, "label"])) == "dyllm"
+
+
+def test_every_method_has_a_colour_of_its_own_and_a_new_one_takes_none_of_theirs(monkeypatch, tmp_path):
+    from analysis import figures
+    from analysis.catalog import METHOD_ORDER
+
+    labels = figures.method_labels()
+    assert len({figures.color(label) for label in labels}) == len(labels)
+    assert figures.color("sparse_dllm keep_ratio=0.25") == figures.color("sparse_dllm")
+    catalog = {label: figures.color(label) for label in METHOD_ORDER}
+    # a preset added to conf/method (README's guide): still one colour per method, the catalog's unchanged
+    for path in figures.METHOD_CONF.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "my_method.yaml").write_text("name: my_method\n")
+    monkeypatch.setattr(figures, "METHOD_CONF", tmp_path)
+    with_new = figures.method_labels()
+    assert "my_method" in with_new
+    assert len({figures.color(label) for label in with_new}) == len(with_new)
+    assert {label: figures.color(label) for label in METHOD_ORDER} == catalog
