@@ -23,7 +23,7 @@ SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 # keys that never change a completion or a measurement, so they do not name the directory
-NEUTRAL_KEYS = ("tracking", "wandb_project", "results_root", "print_summary", "code_workers")
+NEUTRAL_KEYS = ("tracking", "wandb_project", "results_root", "print_summary", "code_workers", "code_isolation")
 
 
 def prompt_hash(text: str) -> str:

@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .eval.byte_tokenizer import build_tokenizer
-from .eval.code_tasks import HUMANEVAL_POSTPROCESS, configure_execution
+from .eval.code_tasks import CODE_TASKS, HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
 from .eval.report import HEADER, summary_row
@@ -98,6 +98,10 @@ def validate(config: dict) -> None:
         )
     if config["batch_size"] < 1:
         raise ValueError(f"batch_size={config['batch_size']} must be >= 1")
+    if config["task"]["lm_eval_task"] in CODE_TASKS:  # refuse now, not after hours of generation
+        from .eval.sandbox import resolve_isolation
+
+        resolve_isolation(config["code_isolation"])
     spec, _, _ = load_spec(config["model"]["path"])
     SamplerSettings(**sampler_settings(config)).resolve(spec, prompt_length=0)
 
@@ -147,7 +151,9 @@ def evaluate(cfg: DictConfig) -> dict | None:
     torch.manual_seed(config["seed"])
     if config["cpu_threads"]:
         torch.set_num_threads(config["cpu_threads"])
-    configure_execution(config["code_workers"], config["code_timeout_s"], config["humaneval_postprocess"])
+    configure_execution(
+        config["code_workers"], config["code_timeout_s"], config["humaneval_postprocess"], config["code_isolation"]
+    )
     device = _device(config["model"]["device"])
     model_cfg = config["model"]
     model = load_model(

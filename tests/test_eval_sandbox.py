@@ -1,76 +1,243 @@
-"""Hostile generated code fails its sample and harms neither the runner nor the host."""
+"""Hostile generated code fails its sample and changes nothing on the host, through the scoring path."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
 import time
+from pathlib import Path
 
 import pytest
+from hostile_corpus import ATTACKS, bodies, indent
 
-from dllm_accel.eval.sandbox import Limits, run_program, run_programs
+from dllm_accel.eval import code_tasks, sandbox
+from dllm_accel.eval.data import default_data_dir, read_jsonl
+from dllm_accel.eval.sandbox import Limits, SandboxUnavailable, run_check
 
-LIMITS = Limits(timeout_s=2.0, memory_mb=1024, file_size_mb=4)
-HOSTILE = {
-    "infinite_loop": "while True:\n    pass\n",
-    "fork_bomb": "import os\nwhile True:\n    os.fork()\n",
-    "multiprocessing": "import multiprocessing\nmultiprocessing.Process(target=print).start()\n",
-    "subprocess": "import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])\n",
-    "memory_bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(10**8))\n",
-    "huge_output": "import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n",
-    "early_exit": "import sys\nsys.exit(0)\nassert False\n",
-    "early_os_exit": "import os\nos._exit(0)\n",
-    "exit_builtin": "exit(0)\nraise AssertionError\n",
-    "socket_connect": "import socket\ns = socket.socket()\ns.connect(('1.1.1.1', 80))\n",
-    "ctypes_escape": "import ctypes\nctypes.CDLL(None).fork()\n",
-    "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
-}
+LIMITS = Limits(timeout_s=3.0, memory_mb=1024, file_size_mb=4)
+SECRET = "wandb-secret-3f9a1c"
+DATA = default_data_dir()
+CHILD_MARK = "SolutionLost"  # a word of the child's source, which is on every sandbox command line
 
 
-def test_a_program_that_runs_to_the_end_passes():
-    result = run_program("assert sum(range(4)) == 6\nprint('done')\n", LIMITS)
-    assert result.passed and result.returncode == 0 and "done" in result.stdout
+def _sandbox_pids() -> set[str]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if CHILD_MARK.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(pid)
+            except OSError:
+                continue
+    return found
 
 
-def test_a_failing_assert_fails():
-    result = run_program("assert 1 == 2\n", LIMITS)
-    assert result.status == "failed" and "AssertionError" in result.stderr
+class Host:
+    """Canary files, a secret in the environment and in a file, a listener on 127.0.0.1."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "host"
+        self.dir.mkdir()
+        self.canary = self.dir / "canary.txt"
+        self.canary.write_text("intact")
+        self.secret_file = root / "secret.txt"
+        self.secret_file.write_text(SECRET)
+        self.site = sysconfig.get_paths()["purelib"]
+        self.site_before = set(os.listdir(self.site))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+                self.connections += 1
+                conn.close()
+            except OSError:
+                continue
+
+    def paths(self) -> dict[str, str]:
+        return {
+            "CANARY": str(self.canary),
+            "HOST_DIR": str(self.dir),
+            "SECRET_FILE": str(self.secret_file),
+            "SITE": self.site,
+            "PORT": str(self.listener.getsockname()[1]),
+        }
+
+    def effects(self) -> list[str]:
+        """Every change a sandboxed program made to the host."""
+        found = []
+        if not self.canary.is_file() or self.canary.read_text() != "intact":
+            found.append("canary changed")
+        if sorted(p.name for p in self.dir.iterdir()) != ["canary.txt"]:
+            found.append(f"files appeared: {sorted(p.name for p in self.dir.iterdir())}")
+        if set(os.listdir(self.site)) != self.site_before:
+            found.append("site-packages changed")
+        if Path("/tmp/pwned").exists():
+            found.append("/tmp/pwned")
+        if self.connections:
+            found.append(f"{self.connections} connections to 127.0.0.1")
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.listener.close()
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_programs_fail_without_harm(name):
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    h = Host(tmp_path)
+    yield h
+    h.close()
+
+
+def test_a_correct_solution_passes_and_a_wrong_one_fails():
+    assert run_check("def add(a, b):\n    return a + b\n", "assert add(1, 2) == 3\n", LIMITS).passed
+    wrong = run_check("def add(a, b):\n    return a - b\n", "assert add(1, 2) == 3\n", LIMITS)
+    assert wrong.status == "failed" and "AssertionError" in wrong.stderr
+
+
+def test_values_cross_with_their_types():
+    solution = (
+        "def echo(x):\n    return x\n"
+        "class Tree:\n    pass\n"
+        "root = Tree()\n"
+        "def is_tree(t):\n    return isinstance(t, Tree)\n"
+    )
+    tests = (
+        "import math\n"
+        "for v in [1, 2**5000, -0.5, (1, [2, (3,)]), {1, 2}, frozenset({3}), {'a': (1,)}, b'x', 1+2j, None, True, '']:\n"
+        "    assert echo(v) == v and type(echo(v)) is type(v), v\n"
+        "assert math.isinf(echo(float('inf'))) and math.isnan(echo(float('nan')))\n"
+        "assert is_tree(root) and not is_tree(1) and echo(root) is not None\n"
+    )
+    result = run_check(solution, tests, LIMITS)
+    assert result.passed, result
+
+
+def test_an_object_with_its_own_equality_cannot_pass():
+    solution = "class Any:\n    def __eq__(self, other):\n        return True\ndef f():\n    return Any()\n"
+    assert run_check(solution, "assert f() == 3\n", LIMITS).status == "failed"
+
+
+def test_a_test_that_swallows_exceptions_still_fails_when_the_solution_exits():
+    solution = "import os\ndef f():\n    os._exit(0)\n"
+    tests = "for _ in range(3):\n    try:\n        f()\n    except BaseException:\n        pass\n"
+    assert run_check(solution, tests, LIMITS).status == "failed"
+
+
+def _humaneval_doc() -> dict:
+    return read_jsonl(DATA / "humaneval" / "HumanEval.jsonl.gz")[0]
+
+
+def _mbpp_doc() -> dict:
+    return next(r for r in read_jsonl(DATA / "mbpp" / "mbpp.jsonl.gz") if r["task_id"] == 11)
+
+
+def _completions(path: str, attacks: dict[str, str]) -> tuple[list[dict], list[str]]:
+    if path.startswith("humaneval"):
+        doc = _humaneval_doc()
+        return [doc] * len(attacks), [indent(code) for code in attacks.values()]
+    doc = _mbpp_doc()
+    return [doc] * len(attacks), [f"def remove_Occ(s, ch):\n{indent(code)}" for code in attacks.values()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["humaneval_papers", "humaneval_lm_eval", "mbpp"])
+def test_the_hostile_corpus_is_contained_on_every_scoring_path(path, host):
+    assert len(ATTACKS) >= 33
+    attacks = bodies(host.paths())
+    docs, completions = _completions(path, attacks)
+    postprocess = "lm_eval" if path == "humaneval_lm_eval" else "papers"
+    code_tasks.configure_execution(workers=4, timeout_s=LIMITS.timeout_s, humaneval_postprocess=postprocess)
+    before = _sandbox_pids()
     start = time.monotonic()
-    result = run_program(HOSTILE[name], LIMITS)
-    assert result.status in ("failed", "timeout"), (name, result)
-    assert time.monotonic() - start < LIMITS.timeout_s + 5
-    assert len(result.stdout) <= 4096 and len(result.stderr) <= 4096
-
-
-def test_deleting_files_is_refused_and_the_target_survives(tmp_path):
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    program = f"import os, shutil\nos.remove({str(target)!r})\nshutil.rmtree({str(tmp_path)!r})\n"
-    result = run_program(program, LIMITS)
-    assert result.status == "failed" and "not allowed" in result.stderr
-    assert target.read_text() == "keep me"
-
-
-def test_the_infinite_loop_times_out_and_leaves_no_process():
-    before = set(os.listdir("/proc"))
-    result = run_program(HOSTILE["infinite_loop"], Limits(timeout_s=1.0))
-    assert result.status == "timeout"
-    leftovers = [p for p in set(os.listdir("/proc")) - before if p.isdigit() and _is_sandbox(p)]
-    assert leftovers == []
-
-
-def _is_sandbox(pid: str) -> bool:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"DLLM_SANDBOX" in handle.read()
-    except OSError:
-        return False
+        execute = code_tasks.execute_mbpp if path == "mbpp" else code_tasks.execute_humaneval
+        verdicts = [v[0] for v in execute([[c] for c in completions], docs)]
+    finally:
+        code_tasks.configure_execution()
+    elapsed = time.monotonic() - start
+    forged = [name for name, v in zip(attacks, verdicts, strict=True) if v["status"] == "passed"]
+    leaked = [name for name, v in zip(attacks, verdicts, strict=True) if SECRET in v["stdout"] + v["stderr"]]
+    assert forged == [] and leaked == []
+    assert all(len(v["stdout"]) <= 4096 and len(v["stderr"]) <= 4096 for v in verdicts)
+    assert elapsed < len(attacks) * (LIMITS.timeout_s + 2)
+    time.sleep(0.5)
+    assert _sandbox_pids() - before == set()
+    time.sleep(LIMITS.timeout_s + 6)  # the forked survivor would have written by now
+    assert host.effects() == []
+    assert not any(p.name.startswith(sandbox._CGROUP_PREFIX + str(os.getpid())) for p in _cgroups())
 
 
-def test_runs_continue_after_hostile_programs_and_keep_input_order():
-    programs = [HOSTILE["memory_bomb"], "x = 1\n", HOSTILE["early_exit"], "assert True\n"]
-    results = run_programs(programs, LIMITS, workers=2)
-    assert [r.passed for r in results] == [False, True, False, True]
+def _cgroups() -> list[Path]:
+    base = sandbox._pids_base()
+    return list(base.iterdir()) if base is not None else []
+
+
+def test_the_canonical_solution_still_passes_under_the_sandbox():
+    doc = _humaneval_doc()
+    code_tasks.configure_execution(workers=1, humaneval_postprocess="lm_eval")
+    try:
+        (verdict,) = code_tasks.execute_humaneval([[doc["canonical_solution"]]], [doc])
+    finally:
+        code_tasks.configure_execution()
+    assert verdict[0]["status"] == "passed"
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_each_isolation_contains_writes_and_secrets(mode, host):
+    if sandbox._probe(mode) is not None:
+        pytest.skip(f"{mode} cannot isolate here")
+    paths = host.paths()
+    for name in ("write_outside", "secret_file", "parent_environ", "pth_planting", "early_os_exit"):
+        code = bodies(paths)[name]
+        result = run_check(f"def f():\n{indent(code)}", "assert f() == 1\n", LIMITS, isolation=mode)
+        assert result.status != "passed" and SECRET not in result.stdout, (mode, name, result)
+    assert host.effects() == []
+
+
+def test_without_any_isolation_code_is_refused_with_one_line(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda mode: f"{mode} is not installed")
+    sandbox.resolve_isolation.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable) as err:
+            run_check("x = 1\n", "assert x == 1\n", LIMITS, isolation="auto")
+        assert "\n" not in str(err.value) and "code_isolation=none" in str(err.value)
+        assert run_check("x = 1\n", "assert x == 1\n", LIMITS, isolation="none").passed
+    finally:
+        sandbox.resolve_isolation.cache_clear()
+
+
+def test_a_killed_runner_leaves_no_sandbox_processes(tmp_path):
+    script = (
+        "from dllm_accel.eval.sandbox import run_check, Limits\n"
+        "run_check('import time\\ntime.sleep(60)\\n', 'x = 1\\n', Limits(timeout_s=60))\n"
+    )
+    before = _sandbox_pids()
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    runner = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.monotonic() + 30
+    while len(_sandbox_pids() - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_sandbox_pids() - before) >= 2
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 10
+    while _sandbox_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sandbox_pids() - before == set()

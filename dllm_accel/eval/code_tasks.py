@@ -3,7 +3,9 @@
 HumanEval answers are sanitized as Dream, Fast-dLLM and dLLM-Cache do (their
 ``postprocess_code.py`` + ast ``sanitize``), or kept as lm-eval keeps them; MBPP answers are run as lm-eval runs them
 (completion, newline, the asserts). Execution happens in an lm-eval filter so that all of a
-task's programs run in parallel; ``process_results`` only reads the verdicts.
+task's programs run in parallel; ``process_results`` only reads the verdicts. Each answer is a
+*check*: the solution (the code scored) and the tests, which ``sandbox.run_check`` runs in two
+separate sandboxes so that the solution cannot forge the tests' verdict.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import ast
 from dataclasses import asdict
 
-from .sandbox import Limits, run_programs
+from .sandbox import ISOLATION, Limits, default_isolation, run_checks
 
 HUMANEVAL_POSTPROCESS = ("papers", "lm_eval")
-_EXECUTION = {"workers": 4, "limits": Limits(), "humaneval_postprocess": "papers"}
+CODE_TASKS = ("dllm_humaneval", "dllm_humaneval_plus", "dllm_mbpp", "dllm_mbpp_plus")
+_EXECUTION = {"workers": 4, "limits": Limits(), "humaneval_postprocess": "papers", "isolation": None}
 MBPP_TEST_IDS = range(11, 511)
 MBPP_SHOT_IDS = (2, 3, 4)
 
 
-def configure_execution(workers: int = 4, timeout_s: float = 10.0, humaneval_postprocess: str = "papers") -> None:
-    """Parallel workers, per-program timeout and HumanEval post-processing for this process."""
+def configure_execution(
+    workers: int = 4, timeout_s: float = 10.0, humaneval_postprocess: str = "papers", isolation: str | None = None
+) -> None:
+    """Parallel workers, per-program timeout, HumanEval post-processing and isolation for this process."""
     if humaneval_postprocess not in HUMANEVAL_POSTPROCESS:
         raise ValueError(
             f"unknown humaneval_postprocess {humaneval_postprocess!r} (accepted: {', '.join(HUMANEVAL_POSTPROCESS)})"
@@ -29,7 +34,14 @@ def configure_execution(workers: int = 4, timeout_s: float = 10.0, humaneval_pos
         raise ValueError(f"code_workers={workers} must be >= 1")
     if timeout_s <= 0:
         raise ValueError(f"code_timeout_s={timeout_s} must be > 0")
-    _EXECUTION.update(workers=workers, limits=Limits(timeout_s=timeout_s), humaneval_postprocess=humaneval_postprocess)
+    if isolation is not None and isolation not in ISOLATION:
+        raise ValueError(f"code_isolation={isolation!r} is not one of {', '.join(ISOLATION)}")
+    _EXECUTION.update(
+        workers=workers,
+        limits=Limits(timeout_s=timeout_s),
+        humaneval_postprocess=humaneval_postprocess,
+        isolation=isolation or default_isolation(),
+    )
 
 
 # ------------------------------------------------------------------ sanitize (the papers' ast version)
@@ -138,28 +150,33 @@ def humaneval_solution(doc: dict, completion: str) -> str:
     return sanitize(doc["prompt"] + "\n" + fenced_code(completion), doc["entry_point"])
 
 
-def humaneval_program(doc: dict, completion: str) -> str:
-    return f"{humaneval_solution(doc, completion)}\n{doc['test']}\ncheck({doc['entry_point']})"
+def humaneval_check(doc: dict, completion: str) -> tuple[str, str]:
+    """(solution, tests): the official program is the solution, the test code and ``check(entry_point)``."""
+    return humaneval_solution(doc, completion) + "\n", f"{doc['test']}\ncheck({doc['entry_point']})\n"
 
 
-def mbpp_program(doc: dict, completion: str) -> str:
+def mbpp_check(doc: dict, completion: str) -> tuple[str, str]:
+    """(solution, tests) of lm-eval's MBPP program: the completion, the test imports, the asserts.
+
+    The imports run on both sides: the completion may use a module only the tests import.
+    """
     tests = doc["test"] if "test" in doc and doc.get("test") else "\n".join(doc["test_list"])
     imports = "\n".join(doc.get("test_imports") or [])
-    return f"{completion}\n{imports}\n{tests}\n"
+    return f"{completion}\n{imports}\n", f"{imports}\n{tests}\n"
 
 
 # ------------------------------------------------------------------ lm-eval hooks
-def _execute(programs: list[str]) -> list[list[dict]]:
-    results = run_programs(programs, _EXECUTION["limits"], _EXECUTION["workers"])
-    return [[{**asdict(r), "program": p}] for p, r in zip(programs, results, strict=True)]
+def _execute(checks: list[tuple[str, str]]) -> list[list[dict]]:
+    results = run_checks(checks, _EXECUTION["limits"], _EXECUTION["workers"], _EXECUTION["isolation"])
+    return [[{**asdict(r), "program": s + t}] for (s, t), r in zip(checks, results, strict=True)]
 
 
 def execute_humaneval(resps: list[list[str]], docs: list[dict]) -> list[list[dict]]:
-    return _execute([humaneval_program(doc, resp[0]) for resp, doc in zip(resps, docs, strict=True)])
+    return _execute([humaneval_check(doc, resp[0]) for resp, doc in zip(resps, docs, strict=True)])
 
 
 def execute_mbpp(resps: list[list[str]], docs: list[dict]) -> list[list[dict]]:
-    return _execute([mbpp_program(doc, resp[0]) for resp, doc in zip(resps, docs, strict=True)])
+    return _execute([mbpp_check(doc, resp[0]) for resp, doc in zip(resps, docs, strict=True)])
 
 
 def pass_at_1(doc: dict, results: list) -> dict[str, float]:

@@ -116,6 +116,9 @@ class RunCfg:
     wandb_project: str = "dllm-accel"
     code_workers: int = 4
     code_timeout_s: float = 10.0
+    # how generated code is isolated: auto (bwrap, else unshare, else refuse), bwrap, unshare, or
+    # none (no isolation: only on machines without namespaces, and only by choice)
+    code_isolation: str = "auto"
     # papers: Dream/Fast-dLLM/dLLM-Cache sanitize; lm_eval: prompt + completion unchanged
     humaneval_postprocess: str = "papers"
     print_summary: bool = True
