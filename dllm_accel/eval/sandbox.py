@@ -21,7 +21,8 @@ Isolation (``code_isolation``), chosen once per process:
 
 Everywhere: rlimits on CPU seconds, address space, file size, open files and processes (a pids
 cgroup per check when running as root, whom the kernel exempts from the process rlimit); a wall
-timeout; stdout and stderr read through pipes and capped; nothing written on the host's disk.
+timeout; stdout and stderr read through pipes and capped; nothing written on the host's disk; a
+lifeline pipe whose end makes both sides exit if the runner dies, however it dies.
 """
 
 from __future__ import annotations
@@ -373,15 +374,15 @@ def run_check(solution: str, tests: str, limits: Limits = Limits(), isolation: s
     groups = [PidsCgroup(limits.processes), PidsCgroup(limits.processes)]
     procs: list[subprocess.Popen] = []
     try:
-        solution_src, tests_src, calls, replies, verdict = (fds.pipe() for _ in range(5))
+        solution_src, tests_src, calls, replies, verdict, lifeline = (fds.pipe() for _ in range(6))
         solution_out, tests_out = fds.pipe(), fds.pipe()
         sides = (
-            ("solution", (solution_src[0], calls[0], replies[1], -1), solution_out[1]),
-            ("tests", (tests_src[0], replies[0], calls[1], verdict[1]), tests_out[1]),
+            ("solution", (solution_src[0], calls[0], replies[1], -1, lifeline[0]), solution_out[1]),
+            ("tests", (tests_src[0], replies[0], calls[1], verdict[1], lifeline[0]), tests_out[1]),
         )
         for group, (role, child_fds, output) in zip(groups, sides, strict=True):
             procs.append(_spawn(mode, group, role, limits, child_fds, output))
-            fds.close(*child_fds, output)
+        fds.close(*sides[0][1], *sides[1][1], sides[0][2], sides[1][2])
         fds.feed(solution_src[1], solution)
         fds.feed(tests_src[1], tests)
         outputs = {solution_out[0]: bytearray(), tests_out[0]: bytearray()}

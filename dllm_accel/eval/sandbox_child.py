@@ -24,6 +24,7 @@ import numbers
 import os
 import resource
 import sys
+import threading
 import traceback
 
 _LINE_LIMIT = 64 * 1024 * 1024
@@ -278,9 +279,22 @@ def tests_side(source, link, verdict_fd):
     return 0
 
 
+def watch_lifeline(fd):
+    """Exit when the runner is gone: it holds the write end of this pipe and never writes."""
+
+    def wait():
+        try:
+            os.read(fd, 1)
+        finally:
+            os._exit(3)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
 def main():
     sys.set_int_max_str_digits(0)
-    role, source_fd, in_fd, out_fd, verdict_fd, limits = sys.argv[1:7]
+    role, source_fd, in_fd, out_fd, verdict_fd, lifeline_fd, limits = sys.argv[1:8]
+    watch_lifeline(int(lifeline_fd))
     apply_limits(limits)
     with os.fdopen(int(source_fd), "rb") as handle:
         source = handle.read().decode("utf-8")
