@@ -28,7 +28,7 @@ from dllm_accel.generation.parallel import (
     QuotaThresholdPolicy,
     ThresholdPolicy,
 )
-from dllm_accel.generation.policies import build_policy
+from dllm_accel.generation.policy_choice import build_policy
 from dllm_accel.generation.rules import available_rules, rule_class
 from dllm_accel.methods.combined_dyllm_dual import DyLLMDualCache
 from dllm_accel.methods.dyllm import FULL, SPARSE

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from dllm_accel import generate
 from dllm_accel.generation import SamplerSettings, SettingsError
-from dllm_accel.generation.parallel import factor_count, threshold_commit
+from dllm_accel.generation.parallel import factor_counts, threshold_commit
 from dllm_accel.methods import build_method
 from dllm_accel.paths import REPO_ROOT, fixtures_dir
 
@@ -36,7 +36,8 @@ def official_call(family: str, case: dict) -> tuple[str, dict]:
 
 
 def run_recorded(family: str, case: dict, method: str = "fast_dllm"):
-    """Generate as the case's official call did; returns (output, strategy, per-pass logits)."""
+    """Generate as the case's official call did; returns (output, strategy, per pass: the logits
+    of the rows the policy read, the pass's input ids, and where those rows sit in the pass)."""
     mode, settings = official_call(family, case)
     strategy = build_method("fast_dllm", mode=mode) if method == "fast_dllm" else build_method(method)
     passes = []
@@ -44,7 +45,9 @@ def run_recorded(family: str, case: dict, method: str = "fast_dllm"):
 
     def recording(model, canvas):
         logits, rows = forward(model, canvas)
-        passes.append((logits.clone(), canvas.x[:, rows].clone()))
+        computed = canvas.pass_rows or rows
+        scored = slice(rows.start - computed.start, rows.stop - computed.start)
+        passes.append((logits.clone(), canvas.x[:, computed].clone(), scored))
         return logits, rows
 
     strategy.forward = recording
@@ -80,18 +83,20 @@ def test_matches_official(family, case):
         return
     diagnostics = load_file(fixtures_dir() / "cases" / "fast_dllm" / f"{family}_fast_dllm_trajectory.safetensors")
     logits_key = "top2_logits" if family == "llada" else "top2_shifted_logits"
-    for i, (logits, inputs) in enumerate(passes):
+    for i, (logits, inputs, scored) in enumerate(passes):
         key = f"{case['name']}.step{i:03d}."
         assert torch.equal(inputs, diagnostics[key + "input_ids"]), key
+        # the head ran only over the rows the policy read (``scored`` within the pass)
+        official = {name: diagnostics[key + name][:, scored] for name in ("top2_ids", logits_key)}
         top2 = logits.topk(2, dim=-1)
-        assert torch.equal(top2.indices[..., 0], diagnostics[key + "top2_ids"][..., 0]), key
-        assert (top2.values - diagnostics[key + logits_key]).abs().max() <= 1e-4, key
+        assert torch.equal(top2.indices[..., 0], official["top2_ids"][..., 0]), key
+        assert (top2.values - official[logits_key]).abs().max() <= 1e-4, key
         if family == "llada":
             confidence = torch.softmax(logits.double(), dim=-1).max(dim=-1).values
-            assert (confidence - diagnostics[key + "confidence"]).abs().max() <= 1e-4, key
+            assert (confidence - diagnostics[key + "confidence"][:, scored]).abs().max() <= 1e-4, key
         else:
             probs = torch.softmax(logits, dim=-1)
-            assert (probs.max(dim=-1).values - diagnostics[key + "max_prob"]).abs().max() <= 1e-4, key
+            assert (probs.max(dim=-1).values - diagnostics[key + "max_prob"][:, scored]).abs().max() <= 1e-4, key
 
 
 NO_CACHE = [("llada", c) for c in LLADA_CASES if c["sampler_function"] == "generate"] + [
@@ -166,7 +171,8 @@ def test_cache_is_preallocated_and_written_in_place(mode):
     def watching(model, canvas):
         logits, rows = forward(model, canvas)
         cache = strategy.cache
-        snapshots.append((cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.clone(), rows, canvas.block_step))
+        # the pass's own rows: its logits cover only those the policy reads
+        snapshots.append((cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.clone(), canvas.pass_rows, canvas.block_step))
         return logits, rows
 
     strategy.forward = watching
@@ -225,14 +231,28 @@ def test_dream_entropy_option_ranks_by_alg():
     assert not torch.equal(by_alg.sequences, official.sequences)
 
 
+def _factor(ranked: list[float], quirk: bool = True, padding: int = 2) -> int:
+    """factor_counts on one row whose candidates are followed by ``padding`` non-candidates."""
+    row = torch.tensor([ranked + [-torch.inf] * padding], dtype=torch.float64)
+    return int(factor_counts(row, torch.tensor([len(ranked)]), 1.0, quirk)[0])
+
+
 def test_factor_rule_and_its_last_rank_quirk():
-    ranked = torch.tensor([0.9, 0.8, 0.1], dtype=torch.float64)  # bounds -1, 1-1/3, 1-1/4
-    assert factor_count(ranked, 1.0, last_rank_quirk=True) == 3  # first failure is the last rank
-    assert factor_count(ranked, 1.0, last_rank_quirk=False) == 2
-    assert factor_count(torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64), 1.0, True) == 1
-    assert factor_count(torch.tensor([0.99, 0.9, 0.8], dtype=torch.float64), 1.0, True) == 3  # no failure
-    assert factor_count(torch.tensor([0.01], dtype=torch.float64), 1.0, True) == 1  # rank 1 always passes
-    assert factor_count(torch.tensor([], dtype=torch.float64), 1.0, True) == 0
+    ranked = [0.9, 0.8, 0.1]  # bounds -1, 1-1/3, 1-1/4
+    assert _factor(ranked, quirk=True) == 3  # first failure is the last rank
+    assert _factor(ranked, quirk=False) == 2
+    assert _factor([0.9, 0.5, 0.1]) == 1
+    assert _factor([0.99, 0.9, 0.8]) == 3  # no failure
+    assert _factor([0.01]) == 1  # rank 1 always passes
+    assert _factor([]) == 0
+    assert _factor([0.9, 0.8, 0.1], padding=0) == 3
+
+
+def test_factor_counts_are_per_row():
+    """One call for the batch: each row's own candidates and failures."""
+    ranked = torch.tensor([[0.9, 0.8, 0.1, -torch.inf], [0.99, 0.9, 0.8, 0.1]], dtype=torch.float64)
+    assert factor_counts(ranked, torch.tensor([3, 3]), 1.0, True).tolist() == [3, 3]
+    assert factor_counts(ranked, torch.tensor([3, 4]), 1.0, False).tolist() == [2, 3]
 
 
 def test_threshold_rule_always_commits_the_best():

@@ -2,7 +2,8 @@
 
 from .canvas import Canvas, Commit
 from .loop import GenerationOutput, denoise
-from .policies import ConfidencePolicy, DecodingPolicy, OriginPolicy, build_policy, top_k_commit
+from .policies import ConfidencePolicy, DecodingPolicy, OriginPolicy, top_k_commit
+from .policy_choice import build_policy
 from .schedules import LinearBlockSchedule, Schedule, TimestepSchedule
 from .settings import SamplerSettings, SettingsError
 

@@ -39,6 +39,18 @@ class Canvas:
     trajectory: list[torch.Tensor] | None = None
     stats: dict[str, float] = field(default_factory=dict)
     finished: torch.Tensor | None = None  # [B] bool rows stopped by the EOS early exit; None = never checked
+    # positions the step's policy reads (open ends: the pass's own first or last row); strategies run
+    # the final norm and head only there (``scored_rows``); set by the loop before each forward
+    reads: slice = field(default_factory=lambda: slice(None))
+    # positions the last pass computed (its model input), when a strategy returns logits for fewer
+    # rows: the official samplers rank over, and draw noise for, all of them
+    pass_rows: slice | None = None
+    # host copy of the per-row masks left in the block and of ``finished``, read
+    # once per step at most (the step's one sync); None = stale since the last write
+    # start of the earliest block left with masks (only a capped or step-bounded block ends so)
+    open_from: int | None = None
+    _left: list[int] | None = field(default=None, repr=False)
+    _stopped: list[bool] | None = field(default=None, repr=False)
 
     @classmethod
     def start(
@@ -84,6 +96,10 @@ class Canvas:
     def block_slice(self) -> slice:
         return slice(self.block_start, self.block_end)
 
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
     def masked(self) -> torch.Tensor:
         return self.x == self.mask_id
 
@@ -91,8 +107,51 @@ class Canvas:
         """[B, block_length] bool: undecided positions of the current block."""
         return self.x[:, self.block_slice] == self.mask_id
 
+    def begin_block(self, block: int) -> None:
+        """Enter ``block``. It holds only masks (commits never reach past the current block), so
+        every row has ``block_length`` of them: known without reading the device. Remembers
+        where the earliest block that may still hold masks starts (``open_from``)."""
+        if block > 0 and self.open_from is None and (self._left is None or any(self._left)):
+            self.open_from = self.block_start
+        self.stopped()
+        self.block, self.block_step = block, 0
+        self._left = [self.settings.block_length] * self.batch
+
     def write(self, commit: Commit) -> None:
         self.x = torch.where(commit.index, commit.tokens, self.x)
+        self._left = None
+
+    def masks_left(self) -> list[int]:
+        """Per row, the masks left in the current block.
+
+        The first call after a write reads them, with the rows stopped by the EOS early exit,
+        from the device: the one host sync a step may make. Later calls reuse that read.
+        """
+        if self._left is None:
+            left = self.block_masked().sum(dim=1)
+            if self.finished is None:
+                self._left = left.tolist()
+            else:
+                status = torch.stack([left, self.finished.long()]).tolist()
+                self._left, self._stopped = status[0], [bool(v) for v in status[1]]
+        return self._left
+
+    def block_done(self) -> bool:
+        """No masks left in the block, rows stopped by the EOS early exit aside."""
+        return not any(n for n, done in zip(self.masks_left(), self.stopped(), strict=True) if not done)
+
+    def stopped(self) -> list[bool]:
+        """Per row, stopped by the EOS early exit, as of the last status read (``masks_left``)."""
+        if self.finished is None:
+            return [False] * self.batch
+        if self._stopped is None or self._left is None:
+            self._left = None
+            self.masks_left()
+        return self._stopped
+
+    def all_finished(self) -> bool:
+        """Every row stopped by the EOS early exit (never, without the early exit)."""
+        return self.finished is not None and all(self.stopped())
 
 
 def _padding(

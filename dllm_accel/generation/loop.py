@@ -8,7 +8,8 @@ import torch
 
 from ..models.core import DiffusionTransformer
 from .canvas import Canvas, Commit
-from .policies import DecodingPolicy, build_policy
+from .policies import DecodingPolicy
+from .policy_choice import build_policy
 from .settings import SamplerSettings
 
 
@@ -29,7 +30,11 @@ def denoise(
     settings: SamplerSettings,
     policy: DecodingPolicy | None = None,
 ) -> GenerationOutput:
-    """Fill ``settings.gen_length`` masks after the prompt, block by block."""
+    """Fill ``settings.gen_length`` masks after the prompt, block by block.
+
+    A step reads the device at most once (``Canvas.masks_left``: the block-end check, or a
+    count the policy needs); fixed schedules end their blocks on the host and read nothing.
+    """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     resolved = settings.resolve(model.spec, input_ids.shape[1])
@@ -40,13 +45,16 @@ def denoise(
         canvas.finished = torch.zeros(canvas.x.shape[0], dtype=torch.bool, device=canvas.x.device)
     strategy.begin(model, canvas)
     for block in range(resolved.num_blocks):
-        if _all_finished(canvas):
+        if canvas.all_finished():
             break
-        canvas.block, canvas.block_step = block, 0
+        canvas.begin_block(block)
         policy.begin_block(canvas)
         strategy.begin_block(model, canvas)
         while not policy.block_finished(canvas):
+            canvas.reads, canvas.pass_rows = policy.reads(canvas), None
             logits, rows = strategy.forward(model, canvas)
+            if canvas.pass_rows is None:
+                canvas.pass_rows = rows
             commit = _without_finished(policy.select(logits, rows, canvas), canvas)
             canvas.write(commit)
             if canvas.finished is not None:
@@ -56,7 +64,7 @@ def denoise(
             canvas.step += 1
             if canvas.trajectory is not None:
                 canvas.trajectory.append(canvas.x.clone())
-            if _all_finished(canvas):
+            if canvas.all_finished():
                 break
     strategy.finish(model, canvas)
     if canvas.step and not canvas.nfe:
@@ -65,10 +73,6 @@ def denoise(
             "its forward() must add 1 to canvas.nfe (dense_logits does), or NFE and tokens per step are wrong"
         )
     return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
-
-
-def _all_finished(canvas: Canvas) -> bool:
-    return canvas.finished is not None and bool(canvas.finished.all())
 
 
 def _without_finished(commit: Commit, canvas: Canvas) -> Commit:

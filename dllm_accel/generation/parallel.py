@@ -29,7 +29,14 @@ import torch
 
 from .canvas import Canvas, Commit
 from .dyllm_sampler import ranked_commit
-from .policies import DecodingPolicy, DyLLMSamplerPolicy, top_k_commit
+from .policies import (
+    DecodingPolicy,
+    DyLLMSamplerPolicy,
+    dream_candidates,
+    noise_rows,
+    ranked_rows,
+    top_k_commit,
+)
 from .schedules import ConstantSchedule, TimestepSchedule
 from .scoring import dream_sample_tokens, llada_propose
 from .settings import SettingsError
@@ -43,14 +50,6 @@ def dream_threshold(canvas: Canvas) -> float:
     return DREAM_DEFAULT_THRESHOLD if threshold is None else threshold
 
 
-def block_done(canvas: Canvas) -> bool:
-    """No masks left in the block, rows stopped by the EOS early exit aside."""
-    masked = canvas.block_masked()
-    if canvas.finished is not None:
-        masked = masked[~canvas.finished]
-    return not bool(masked.any())
-
-
 def score_range(
     logits: torch.Tensor, rows: slice, canvas: Canvas, start: int, stop: int, alg: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,6 +58,8 @@ def score_range(
     Returns ``(x0, confidence, candidates)``; confidence is -inf off the candidates. LLaDA
     scores with ``llada_propose`` (noise over all computed rows); Dream with
     ``sample_tokens`` over exactly the candidates, with ``alg`` overriding the settings'.
+    Dream scores from the block start on: candidates past the block are masks of blocks not
+    yet begun, so with the block's (``Canvas.masks_left``) their number is known on the host.
     """
     s = canvas.settings
     first = rows.start or 0
@@ -67,12 +68,10 @@ def score_range(
     window = slice(start - first, stop - first)
     masked = canvas.x[:, start:stop] == s.mask_id
     if s.sampler == "llada":
-        x0, conf = llada_propose(logits, window, s, canvas.spec)
+        x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows))
     else:
-        x0 = torch.full_like(masked, s.mask_id, dtype=torch.long)
-        conf = torch.full(masked.shape, -torch.inf, dtype=logits.dtype, device=logits.device)
-        c, tokens = dream_sample_tokens(logits[:, window][masked], s.temperature, s.top_p, s.top_k, alg or s.alg)
-        x0[masked], conf[masked] = tokens, c.to(conf.dtype)
+        later = max(stop - canvas.block_end, 0) * canvas.batch
+        x0, conf = dream_candidates(logits[:, window], masked, canvas, sum(canvas.masks_left()) + later, alg)
     conf = conf.masked_fill(~masked, -torch.inf)
     full_x0 = torch.full_like(canvas.x, s.mask_id)
     full_conf = torch.full(canvas.x.shape, -torch.inf, dtype=conf.dtype, device=conf.device)
@@ -88,35 +87,43 @@ def threshold_commit(x0: torch.Tensor, confidence: torch.Tensor, candidates: tor
     return Commit(index=index | (best & candidates), tokens=x0, confidence=confidence)
 
 
-def factor_count(ranked: torch.Tensor, factor: float, last_rank_quirk: bool) -> int:
-    """How many of the descending confidences ``ranked`` the factor rule commits."""
-    n = ranked.shape[0]
-    if n == 0:
-        return 0
-    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=ranked.device)
+def factor_counts(ranked: torch.Tensor, candidates: torch.Tensor, factor: float, last_rank_quirk: bool) -> torch.Tensor:
+    """[B]: how many of each row's candidates the factor rule commits.
+
+    ``ranked`` [B, W] holds each row's candidate confidences in descending order first
+    (``candidates`` [B] of them), then anything.
+    """
+    width = ranked.shape[1]
+    ranks = torch.arange(1, width + 1, dtype=torch.float64, device=ranked.device)
     bounds = 1 - factor / (ranks + 1)
     bounds[0] = -1
-    failures = (ranked < bounds).nonzero()
-    if failures.numel() == 0:
-        return n
-    first = int(failures[0])
-    return n if last_rank_quirk and first == n - 1 else first
+    failed = (ranked < bounds) & (ranks[None, :] <= candidates[:, None])
+    first = torch.where(failed.any(dim=1), failed.int().argmax(dim=1), candidates)
+    if last_rank_quirk:
+        return torch.where(first == candidates - 1, candidates, first)
+    return first
 
 
 class _LLaDAParallelPolicy(DecodingPolicy):
-    """Shared by the LLaDA rules: candidates and the end of a block."""
+    """Shared by the LLaDA rules: candidates and the end of a block.
+
+    Candidates start at the earliest block that may still hold masks (``Canvas.open_from``,
+    known on the host): positions before the first real mask are -inf either way.
+    """
 
     def begin_block(self, canvas: Canvas) -> None:
-        behind = canvas.masked()[:, canvas.prompt_length : canvas.block_start].any(dim=0).nonzero()
-        self.first_candidate = canvas.prompt_length + int(behind[0]) if behind.numel() else canvas.block_start
+        self.first_candidate = canvas.block_start if canvas.open_from is None else canvas.open_from
+
+    def reads(self, canvas: Canvas) -> slice:
+        return slice(self.first_candidate, canvas.block_end)
 
     def block_finished(self, canvas: Canvas) -> bool:
-        return block_done(canvas)
+        return canvas.block_done()
 
     def scores(
         self, logits: torch.Tensor, rows: slice, canvas: Canvas
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        start = max(rows.start or 0, self.first_candidate)
+        start = max(ranked_rows(canvas, rows).start or 0, self.first_candidate)
         return score_range(logits, rows, canvas, start, canvas.block_end)
 
 
@@ -131,7 +138,7 @@ class ThresholdPolicy(_LLaDAParallelPolicy):
 
 
 class FactorPolicy(_LLaDAParallelPolicy):
-    """Fast-dLLM ``factor``: as many top candidates as ``factor_count`` allows."""
+    """Fast-dLLM ``factor``: as many top candidates as ``factor_counts`` allows."""
 
     def __init__(self, factor: float, last_rank_quirk: bool = True) -> None:
         self.factor = factor
@@ -139,11 +146,11 @@ class FactorPolicy(_LLaDAParallelPolicy):
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         x0, confidence, candidates = self.scores(logits, rows, canvas)
-        counts = [
-            factor_count(confidence[b][candidates[b]].sort(descending=True).values, self.factor, self.last_rank_quirk)
-            for b in range(candidates.shape[0])
-        ]
-        commit = top_k_commit(confidence, x0, torch.tensor(counts), canvas, rows)
+        window = slice(self.first_candidate, canvas.block_end)
+        ranked = confidence[:, window].sort(dim=1, descending=True).values
+        counts = factor_counts(ranked, candidates.sum(dim=1), self.factor, self.last_rank_quirk)
+        width = window.stop - window.start
+        commit = top_k_commit(confidence, x0, counts, canvas, ranked_rows(canvas, rows), bound=width)
         return Commit(index=commit.index, tokens=x0, confidence=confidence)
 
 
@@ -154,41 +161,46 @@ class QuotaThresholdPolicy(DecodingPolicy):
     always committed, any other rank below tau is rejected and carried to the next step.
     Rejections on a row's last scheduled step set its quota to 0 and add one step, so the
     block ends exactly when its masks are filled. Per row, so batches equal batch 1 (the
-    official code takes batch 1 only).
+    official code takes batch 1 only); the rows' state lives on the device.
     """
 
     def begin_block(self, canvas: Canvas) -> None:
         steps = canvas.settings.steps_per_block
-        masks = canvas.block_masked().sum(dim=1)
-        if bool((masks % steps).any()):
+        masks = canvas.settings.block_length  # a block starts with only masks
+        if masks % steps:
             raise SettingsError(
-                f"alg='confidence_threshold' needs the block's masks ({masks.tolist()}) divisible by its "
+                f"alg='confidence_threshold' needs the block's masks ({[masks] * canvas.batch}) divisible by its "
                 f"{steps} steps (the official code asserts masks % steps == 0)"
             )
-        self.quota = masks // steps
+        device = canvas.x.device
+        self.quota = torch.full((canvas.batch,), masks // steps, dtype=torch.long, device=device)
         self.carry = torch.zeros_like(self.quota)
         self.last_step = torch.full_like(self.quota, steps - 1)
 
+    def reads(self, canvas: Canvas) -> slice:
+        return canvas.block_slice
+
     def block_finished(self, canvas: Canvas) -> bool:
-        return block_done(canvas)
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         x0, confidence, candidates = score_range(logits, rows, canvas, canvas.block_start, canvas.block_end)
         threshold = dream_threshold(canvas)
-        offset = rows.start or 0
+        ranked = ranked_rows(canvas, rows)
+        wanted = self.quota + self.carry
+        active = (wanted > 0) & candidates.any(dim=1)
+        values, order = torch.topk(confidence[:, ranked], confidence[:, ranked].shape[1], dim=1)
+        rank = torch.arange(values.shape[1], device=values.device)[None, :]
+        within = rank < wanted[:, None]
+        passed = values >= threshold
+        rejected = (within & ~passed & (rank > 0)).sum(dim=1)
+        keep = within & (passed | (rank == 0)) & active[:, None]
         index = torch.zeros_like(candidates)
-        for b, k in enumerate((self.quota + self.carry).tolist()):
-            if k == 0 or not bool(candidates[b].any()):
-                continue
-            values, order = torch.topk(confidence[b, rows], k)
-            keep = values >= threshold
-            rejected = int((~keep[1:]).sum())
-            keep[0] = True
-            index[b, offset + order[keep]] = True
-            if rejected and canvas.block_step == int(self.last_step[b]):
-                self.quota[b] = 0
-                self.last_step[b] += 1
-            self.carry[b] = rejected
+        index[:, ranked] = index[:, ranked].scatter(1, order, keep)
+        extend = active & (rejected > 0) & (self.last_step == canvas.block_step)
+        self.quota = self.quota.masked_fill(extend, 0)
+        self.last_step = self.last_step + extend.long()
+        self.carry = torch.where(active, rejected, self.carry)
         return Commit(index=index & candidates, tokens=x0, confidence=confidence)
 
 
@@ -214,10 +226,19 @@ class DreamBlockPolicy(DecodingPolicy):
     def begin_block(self, canvas: Canvas) -> None:
         self.schedule.begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        s = canvas.settings
+        if canvas.block_step == 0:
+            # the official code samples every position of the refresh pass when it samples
+            return slice(None) if s.temperature > 0 else slice(canvas.block_start, canvas.block_start + 1)
+        if s.alg == "confidence_threshold":
+            return slice(canvas.block_start, None)
+        return canvas.block_slice
+
     def block_finished(self, canvas: Canvas) -> bool:
-        if block_done(canvas):
+        if canvas.settings.alg != "confidence_threshold" and canvas.block_step > canvas.settings.steps_per_block:
             return True
-        return canvas.settings.alg != "confidence_threshold" and canvas.block_step > canvas.settings.steps_per_block
+        return canvas.block_step > 0 and canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         s = canvas.settings
@@ -237,14 +258,14 @@ class DreamBlockPolicy(DecodingPolicy):
         alg = "entropy" if self.hardcoded_entropy else s.alg
         x0, confidence, _ = score_range(logits, rows, canvas, canvas.block_start, canvas.block_end, alg)
         counts = self.schedule.count(canvas)
+        ranked = ranked_rows(canvas, rows)
         if not s.alg_temp:
-            commit = top_k_commit(confidence, x0, counts, canvas, rows)
+            commit = top_k_commit(confidence, x0, counts, canvas, ranked)
             return Commit(index=commit.index, tokens=x0, confidence=confidence)
         index = torch.zeros_like(canvas.x, dtype=torch.bool)
-        n = int(counts[0])
-        if n > 0:
-            probs = torch.softmax(confidence[:, rows] / s.alg_temp, dim=-1)
-            index[:, rows] = index[:, rows].scatter(1, torch.multinomial(probs, num_samples=n), True)
+        if counts > 0:
+            probs = torch.softmax(confidence[:, ranked] / s.alg_temp, dim=-1)
+            index[:, ranked] = index[:, ranked].scatter(1, torch.multinomial(probs, num_samples=counts), True)
         return Commit(index=index & canvas.masked(), tokens=x0, confidence=confidence)
 
     @staticmethod
@@ -277,12 +298,12 @@ class DyLLMThresholdPolicy(DyLLMSamplerPolicy):
         self.threshold = threshold
 
     def block_finished(self, canvas: Canvas) -> bool:
-        return block_done(canvas)
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         x0, score = self.propose(logits, rows, canvas)
         best = ranked_commit(score, x0, torch.ones(score.shape[0], dtype=torch.long, device=score.device), canvas)
-        reached = score >= torch.tensor(self.threshold, dtype=score.dtype, device=score.device)
+        reached = score >= torch.full((), self.threshold, dtype=score.dtype, device=score.device)
         return Commit(index=best.index | (reached & canvas.masked()), tokens=x0, confidence=score)
 
 

@@ -2,6 +2,10 @@
 
 Policies are independent of the forward strategy: they see logits for the rows the
 strategy computed (already aligned with the positions they fill) and the canvas.
+
+No policy reads the device more than once per step: counts fixed by the schedule are
+Python ints, data-dependent counts stay in tensors (ranks compared with per-row counts),
+and candidates are gathered with a count the canvas reads once (``Canvas.masks_left``).
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ import torch
 
 from .canvas import Canvas, Commit
 from .dyllm_sampler import dyllm_sample, ranked_commit
-from .schedules import ConstantSchedule, LinearBlockSchedule, Schedule, TimestepSchedule
+from .schedules import Schedule, TimestepSchedule
 from .scoring import dream_sample_tokens, llada_propose
 
 
 class DecodingPolicy(ABC):
     def begin_block(self, canvas: Canvas) -> None:
         """Called once when a block starts."""
+
+    def reads(self, canvas: Canvas) -> slice:
+        """Positions whose logits this step's ``select`` reads (open ends: the pass's first or
+        last row). Strategies run the final norm and head only there; default: every row."""
+        return slice(None)
 
     @abstractmethod
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
@@ -43,22 +52,91 @@ def _scatter_block(canvas: Canvas, values: torch.Tensor, fill: float | int) -> t
     return full
 
 
+def ranked_rows(canvas: Canvas, rows: slice | None) -> slice:
+    """The positions the official samplers rank over: the whole pass (its model input)."""
+    if canvas.pass_rows is not None:
+        return canvas.pass_rows
+    return slice(0, canvas.length) if rows is None else rows
+
+
+def noise_rows(canvas: Canvas, rows: slice) -> tuple[int, int]:
+    """(rows the pass computed, index of ``rows``' first among them): where LLaDA's noise is drawn."""
+    computed = ranked_rows(canvas, rows)
+    start = computed.start or 0
+    return (computed.stop or canvas.length) - start, (rows.start or 0) - start
+
+
 def top_k_commit(
-    confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tensor, canvas: Canvas, rows: slice | None = None
+    confidence: torch.Tensor,
+    x0: torch.Tensor,
+    counts: int | torch.Tensor,
+    canvas: Canvas,
+    rows: slice | None = None,
+    bound: int | None = None,
 ) -> Commit:
-    """Per row, the ``counts[b]`` most confident candidates (confidence -inf elsewhere).
+    """Per row, the ``counts`` most confident candidates (confidence -inf elsewhere).
 
     ``rows`` ranks only the positions a strategy computed, as the official samplers rank
-    over their model input: ``torch.topk`` breaks exact ties by the ranked length.
+    over their model input: ``torch.topk`` breaks exact ties by the ranked length. An int
+    count (every row the same, known on the host) is one batched ``torch.topk(k)``, the
+    official call. A [B] tensor (data-dependent counts) ranks the first ``bound`` (default:
+    the block length) with ``torch.topk`` and keeps each row's first ``counts[b]``: only
+    exact ties straddling a row's count could order differently from a per-row topk.
     """
-    index = torch.zeros_like(canvas.x, dtype=torch.bool)
     rows = slice(0, canvas.length) if rows is None else rows
-    offset = rows.start or 0
-    for b, k in enumerate(counts.tolist()):
-        if k > 0:
-            index[b, offset + torch.topk(confidence[b, rows], k).indices] = True
+    ranked = confidence[:, rows]
+    index = torch.zeros_like(canvas.x, dtype=torch.bool)
+    if isinstance(counts, int):
+        if counts > 0:
+            index[:, rows] = index[:, rows].scatter(1, torch.topk(ranked, counts, dim=1).indices, True)
+    else:
+        width = min(bound or canvas.settings.block_length, ranked.shape[1])
+        order = torch.topk(ranked, width, dim=1).indices
+        take = torch.arange(width, device=order.device)[None, :] < counts[:, None]
+        index[:, rows] = index[:, rows].scatter(1, order, take)
     # a count above a row's candidates must not overwrite decoded tokens with masks
     return Commit(index=index & canvas.masked(), tokens=x0)
+
+
+def masked_positions(masked: torch.Tensor, total: int) -> torch.Tensor:
+    """Flat indices of the True entries of ``masked`` in row-major order (those of
+    ``masked.nonzero()``), given their number: no output shape depends on data."""
+    flat = masked.reshape(-1)
+    slot = torch.where(flat, flat.long().cumsum(0) - 1, total)
+    found = torch.zeros(total + 1, dtype=torch.long, device=masked.device)
+    found.scatter_(0, slot, torch.arange(flat.numel(), device=masked.device))
+    return found[:total]
+
+
+def gather_candidates(logits: torch.Tensor, masked: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits[masked]`` [total, V] (``logits`` [B, W, V]) and the flat positions it came from."""
+    flat = masked_positions(masked, total)
+    width = masked.shape[1]
+    return logits[flat // width, flat % width], flat
+
+
+def spread(flat: torch.Tensor, values: torch.Tensor, shape: torch.Size, fill: float | int) -> torch.Tensor:
+    """A [B, W] tensor holding ``values`` at the flat positions ``flat`` and ``fill`` elsewhere."""
+    out = torch.full((shape.numel(),), fill, dtype=values.dtype, device=values.device)
+    return out.index_copy(0, flat, values).view(shape)
+
+
+def dream_candidates(
+    logits: torch.Tensor, masked: torch.Tensor, canvas: Canvas, total: int, alg: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dream's ``sample_tokens`` over exactly the masked rows of ``logits`` [B, W, V], in the
+    official order (row-major, as ``logits[mask_index]``): (x0 [B, W], confidence [B, W]),
+    mask id and -inf off the candidates."""
+    s = canvas.settings
+    candidates, flat = gather_candidates(logits, masked, total)
+    conf, tokens = dream_sample_tokens(candidates, s.temperature, s.top_p, s.top_k, alg or s.alg)
+    x0 = spread(flat, tokens, masked.shape, s.mask_id)
+    return x0, spread(flat, conf.to(logits.dtype), masked.shape, -torch.inf)
+
+
+def block_masks(canvas: Canvas) -> int:
+    """How many masks the block holds, all rows together (one device read per step)."""
+    return sum(canvas.masks_left())
 
 
 class ConfidencePolicy(DecodingPolicy):
@@ -75,6 +153,9 @@ class ConfidencePolicy(DecodingPolicy):
     def begin_block(self, canvas: Canvas) -> None:
         self.schedule.begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        return canvas.block_slice
+
     def block_finished(self, canvas: Canvas) -> bool:
         return self.schedule.block_finished(canvas)
 
@@ -82,9 +163,10 @@ class ConfidencePolicy(DecodingPolicy):
         x0, confidence = self.propose(logits, rows, canvas)
         counts = self.schedule.count(canvas)
         s = canvas.settings
+        ranked = ranked_rows(canvas, rows)
         if s.sampler == "dream" and s.alg_temp:
-            return self._sample_positions(confidence, x0, int(counts[0]), canvas, rows)
-        return top_k_commit(confidence, x0, counts, canvas, rows)
+            return self._sample_positions(confidence, x0, _one_count(counts, canvas), canvas, ranked)
+        return top_k_commit(confidence, x0, counts, canvas, ranked)
 
     def propose(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-length x0 and confidence; confidence is -inf off the current block's masks."""
@@ -92,13 +174,10 @@ class ConfidencePolicy(DecodingPolicy):
         s = canvas.settings
         masked = canvas.block_masked()
         if s.sampler == "llada":
-            x0, conf = llada_propose(logits, window, s, canvas.spec)
+            x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows))
         else:
-            x0 = torch.full_like(masked, s.mask_id, dtype=torch.long)
-            conf = torch.full(masked.shape, -torch.inf, dtype=logits.dtype, device=logits.device)
-            c, tokens = dream_sample_tokens(logits[:, window][masked], s.temperature, s.top_p, s.top_k, s.alg)
-            x0[masked], conf[masked] = tokens, c.to(conf.dtype)
-        conf = torch.where(masked, conf, torch.tensor(-torch.inf, dtype=conf.dtype, device=conf.device))
+            x0, conf = dream_candidates(logits[:, window], masked, canvas, block_masks(canvas))
+        conf = conf.masked_fill(~masked, -torch.inf)
         return _scatter_block(canvas, x0, canvas.mask_id), _scatter_block(canvas, conf, -torch.inf)
 
     @staticmethod
@@ -113,8 +192,21 @@ class ConfidencePolicy(DecodingPolicy):
         return Commit(index=index & canvas.masked(), tokens=x0)
 
 
+def _one_count(counts: int | torch.Tensor, canvas: Canvas) -> int:
+    """``alg_temp`` samples one number of positions for the whole batch: the schedule's int."""
+    if isinstance(counts, int):
+        return counts
+    raise ValueError(f"alg_temp needs one count for every row, and this schedule gives one per row (sampler {canvas.settings.sampler!r})")
+
+
 class OriginPolicy(DecodingPolicy):
-    """Dream ``origin``: every mask is committed independently with probability 1 - s/t."""
+    """Dream ``origin``: every mask is committed independently with probability 1 - s/t.
+
+    The official code samples tokens for exactly the chosen masks; at temperature > 0 that
+    number decides how much noise is drawn, so a sampled step reads it (a second device
+    read: the rule commits each mask by chance). At temperature 0 nothing random depends
+    on it and the step reads only the mask count.
+    """
 
     def __init__(self) -> None:
         self.schedule = TimestepSchedule()
@@ -122,19 +214,27 @@ class OriginPolicy(DecodingPolicy):
     def begin_block(self, canvas: Canvas) -> None:
         self.schedule.begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        return canvas.block_slice
+
     def block_finished(self, canvas: Canvas) -> bool:
         return self.schedule.block_finished(canvas)
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         s = canvas.settings
         masked = canvas.block_masked()
+        total = block_masks(canvas)
         p = self.schedule.transfer_probability(canvas)
-        chosen = torch.rand(int(masked.sum()), device=masked.device) < p
-        tokens = torch.full((chosen.shape[0],), s.mask_id, dtype=torch.long, device=masked.device)
-        candidates = logits[:, _window(rows, canvas)][masked]
-        _, tokens[chosen] = dream_sample_tokens(candidates[chosen], s.temperature, s.top_p, s.top_k)
-        block_tokens = torch.full_like(masked, s.mask_id, dtype=torch.long)
-        block_tokens[masked] = tokens
+        chosen = torch.rand(total, device=masked.device) < p
+        candidates, flat = gather_candidates(logits[:, _window(rows, canvas)], masked, total)
+        if s.temperature > 0:
+            picked = masked_positions(chosen, int(chosen.sum()))
+            _, sampled = dream_sample_tokens(candidates[picked], s.temperature, s.top_p, s.top_k)
+            tokens = torch.full((total,), s.mask_id, dtype=torch.long, device=masked.device).index_copy(0, picked, sampled)
+        else:
+            _, sampled = dream_sample_tokens(candidates, s.temperature, s.top_p, s.top_k)
+            tokens = torch.where(chosen, sampled, s.mask_id)
+        block_tokens = spread(flat, tokens, masked.shape, s.mask_id)
         index = _scatter_block(canvas, block_tokens != s.mask_id, False)
         return Commit(index=index, tokens=_scatter_block(canvas, block_tokens, s.mask_id))
 
@@ -145,40 +245,16 @@ class DyLLMSamplerPolicy(ConfidencePolicy):
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         x0, confidence = self.propose(logits, rows, canvas)
-        return ranked_commit(confidence, x0, self.schedule.count(canvas), canvas)
+        counts = self.schedule.count(canvas)
+        if isinstance(counts, int):
+            counts = torch.full((canvas.batch,), counts, dtype=torch.long, device=canvas.x.device)
+        return ranked_commit(confidence, x0, counts, canvas)
 
     def propose(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> tuple[torch.Tensor, torch.Tensor]:
         s = canvas.settings
         masked = canvas.block_masked()
-        candidates = logits[:, _window(rows, canvas)][masked]
+        candidates, flat = gather_candidates(logits[:, _window(rows, canvas)], masked, block_masks(canvas))
         score, tokens = dyllm_sample(candidates, canvas.spec.family, s.temperature, s.top_k, s.top_p)
-        x0 = torch.full_like(masked, s.mask_id, dtype=torch.long)
-        conf = torch.full(masked.shape, -torch.inf, dtype=score.dtype, device=score.device)
-        x0[masked], conf[masked] = tokens, score
+        x0 = spread(flat, tokens, masked.shape, s.mask_id)
+        conf = spread(flat, score, masked.shape, -torch.inf)
         return _scatter_block(canvas, x0, s.mask_id), _scatter_block(canvas, conf, -torch.inf)
-
-
-def build_policy(canvas: Canvas, strategy=None) -> DecodingPolicy:
-    """The registered rule the settings name (``policy``), else the official sampler's policy.
-
-    ``strategy`` is the forward strategy the rule will decode from (a rule that needs more than
-    logits, such as WINO's verification rows, asks it for them)."""
-    s = canvas.settings
-    if s.policy is not None:
-        from .rules import build_rule
-
-        return build_rule(canvas, strategy)
-    from .parallel import parallel_policy  # the threshold and factor rules build on the classes above
-
-    parallel = parallel_policy(canvas)
-    if parallel is not None:
-        return parallel
-    if s.sampler == "dyllm":
-        return DyLLMSamplerPolicy(ConstantSchedule())
-    if s.constant_count:
-        return ConfidencePolicy(ConstantSchedule())
-    if s.sampler == "llada":
-        return ConfidencePolicy(LinearBlockSchedule())
-    if s.alg == "origin":
-        return OriginPolicy()
-    return ConfidencePolicy(TimestepSchedule())

@@ -16,45 +16,65 @@ from .settings import ResolvedSettings
 _CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def gumbel_max_logits(logits: torch.Tensor, temperature: float, variant: str = "llada") -> torch.Tensor:
+def gumbel_max_logits(
+    logits: torch.Tensor, temperature: float, variant: str = "llada", rows: tuple[int, int] | None = None
+) -> torch.Tensor:
     """LLaDA's Gumbel-max trick in float64; at temperature 0 the same tensor comes back.
 
     ``variant='dllm_cache'`` is dLLM-Cache's copy: everything in the logits' dtype, and
     ``exp(logits)`` at temperature 0, whose argmax takes the first index where exp rounds
     two logits to one value or overflows (logits above ~88.7).
+
+    ``rows = (R, first)``: ``logits`` [B, W, V] are rows ``[first, first + W)`` of a pass of R
+    rows. The noise is drawn for all R rows (the official shape, so the RNG stream is the
+    official one) and only these W rows are turned into scores.
     """
     if variant == "dllm_cache":
         if temperature == 0:
             return logits.exp()
-        return logits.exp() / (-torch.log(torch.rand_like(logits))) ** temperature
+        return logits.exp() / (-torch.log(_noise(logits, logits.dtype, rows))) ** temperature
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
-    noise = torch.rand_like(logits, dtype=torch.float64)
-    return logits.exp() / (-torch.log(noise)) ** temperature
+    return logits.exp() / (-torch.log(_noise(logits, torch.float64, rows))) ** temperature
+
+
+def _noise(logits: torch.Tensor, dtype: torch.dtype, rows: tuple[int, int] | None) -> torch.Tensor:
+    if rows is None:
+        return torch.rand_like(logits, dtype=dtype)
+    total, first = rows
+    batch, width, vocab = logits.shape
+    return torch.rand((batch, total, vocab), dtype=dtype, device=logits.device)[:, first : first + width]
 
 
 def llada_propose(
-    logits: torch.Tensor, window: slice, settings: ResolvedSettings, spec: ModelSpec
+    logits: torch.Tensor,
+    window: slice,
+    settings: ResolvedSettings,
+    spec: ModelSpec,
+    pass_rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LLaDA ``generate.py`` over the rows a strategy computed; returns the window's part.
+    """LLaDA ``generate.py`` over the rows a strategy returned; returns the window's part.
 
     ``logits`` [B, R, V] may be modified in place (the EOS options write -inf into it).
-    Noise is drawn over all R rows, as the official code draws it over the whole sequence.
+    Noise is drawn over every row the pass computed, as the official code draws it over the
+    whole sequence: ``pass_rows = (rows computed, index of the logits' first row among
+    them)``, default the logits' own rows. Only the window is scored (float64 included).
     """
+    total, first = pass_rows or (logits.shape[1], 0)
     if settings.logits_eos_inf:
         logits[..., spec.tokens.eos] = -torch.inf
-    noisy = gumbel_max_logits(logits, settings.temperature, settings.gumbel_variant)
-    x0 = noisy[:, window].argmax(dim=-1)
+    win = logits[:, window]
+    noisy = gumbel_max_logits(win, settings.temperature, settings.gumbel_variant, (total, first + window.start))
+    x0 = noisy.argmax(dim=-1)
     if settings.confidence_eos_eot_inf:
         # The official chained assignment: at temperature 0 ``noisy is logits``, so both
         # EOS and EoT end with probability 0; above it only EoT does.
         noisy[..., spec.tokens.eos] = -torch.inf
-        logits[..., spec.tokens.eot] = -torch.inf
+        win[..., spec.tokens.eot] = -torch.inf
     if settings.remasking == "random":
-        confidence = torch.rand(logits.shape[:2], device=logits.device)[:, window]
-        return x0, confidence
-    win = logits[:, window]
+        confidence = torch.rand((logits.shape[0], total), device=logits.device)
+        return x0, confidence[:, first + window.start : first + window.stop]
     dtype = _CONFIDENCE_DTYPES.get(settings.confidence_dtype, win.dtype)
     probs = F.softmax(win.to(dtype), dim=-1)
     return x0, probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)

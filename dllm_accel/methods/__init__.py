@@ -1,6 +1,6 @@
 """Compute-reuse strategies; each is one module registered by name."""
 
-from .base import ForwardStrategy, MethodConfig, dense_logits
+from .base import ForwardStrategy, MethodConfig, dense_pass
 from .registry import available_methods, build_method, method_class, register
 
 __all__ = [
@@ -8,7 +8,7 @@ __all__ = [
     "MethodConfig",
     "available_methods",
     "build_method",
-    "dense_logits",
+    "dense_pass",
     "method_class",
     "register",
 ]

@@ -62,8 +62,29 @@ class ForwardStrategy(ABC):
         """Called once after the last step: statistics kept on the device are read here, once."""
 
 
-def dense_logits(model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
-    """One full-sequence pass, with LLaDA-style classifier-free guidance when asked for.
+def scored_rows(canvas: Canvas, rows: slice) -> slice:
+    """The rows of a pass over ``rows`` whose logits the step's policy reads (``Canvas.reads``)."""
+    reads = canvas.reads
+    start = rows.start if reads.start is None else max(rows.start, reads.start)
+    stop = rows.stop if reads.stop is None else min(rows.stop, reads.stop)
+    return slice(start, max(start, stop))
+
+
+def pass_logits(
+    model: DiffusionTransformer, hidden: torch.Tensor, rows: slice, canvas: Canvas, every_row: bool = False
+) -> tuple[torch.Tensor, slice]:
+    """Logits of the rows the policy reads, from the last hidden states [B, R, d] of a pass over
+    ``rows``: final norm and head over those rows only, Dream's shift applied within the pass
+    (``every_row``: all of them, for a strategy that reuses logits in later steps).
+    Records ``rows`` as the pass's rows (the official samplers rank and draw noise over them)."""
+    canvas.pass_rows = rows
+    out = rows if every_row else scored_rows(canvas, rows)
+    return model.logits_for(hidden, out.start - rows.start, out.stop - rows.start), out
+
+
+def dense_pass(model: DiffusionTransformer, canvas: Canvas, every_row: bool = False) -> tuple[torch.Tensor, slice]:
+    """One full-sequence pass, with LLaDA-style classifier-free guidance when asked for;
+    logits of the rows the policy reads (``every_row``: of all rows).
 
     Guidance batches ``[x; x with every prompt position masked]`` and combines
     ``un + (cfg + 1) * (cond - un)``, as the official ``generate.py``.
@@ -77,9 +98,10 @@ def dense_logits(model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
         x = torch.cat([x, unconditional])
         key_mask = None if key_mask is None else torch.cat([key_mask, key_mask])
         positions = positions if positions.dim() == 1 else torch.cat([positions, positions])
-    logits, _ = model(x, positions=positions, key_mask=key_mask)
+    hidden = model.trunk(x, positions=positions, key_mask=key_mask)
     canvas.nfe += 1
+    logits, rows = pass_logits(model, hidden, slice(0, canvas.length), canvas, every_row)
     if cfg > 0:
         cond, uncond = logits.chunk(2)
         logits = uncond + (cfg + 1) * (cond - uncond)
-    return model.shift_logits(logits)
+    return logits, rows

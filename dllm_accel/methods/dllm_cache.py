@@ -20,7 +20,7 @@ import torch
 from ..generation.canvas import Canvas
 from ..generation.settings import SettingsError
 from ..models.core import DiffusionTransformer
-from .base import ForwardStrategy, MethodConfig
+from .base import ForwardStrategy, MethodConfig, scored_rows
 from .dllm_cache_layer import LayerCache, LayerRecord, PassContext, Refresh, run_layer
 from .registry import register
 
@@ -137,11 +137,11 @@ class DLLMCache(ForwardStrategy):
         if self.trace is not None:
             self.trace.append(records)
         self._count(canvas, rows, x.shape[1] * len(self.caches))
-        p = canvas.prompt_length
-        # Dream predicts position i from hidden state i-1: rows [P, L) need states [P-1, L-1).
-        start = p - 1 if model.spec.logit_shift else p
-        logits = model.logits(x[:, start : start + canvas.length - p])
-        return logits, slice(p, canvas.length)
+        # the response rows [P, L) are the pass's rows; the head runs over those the policy reads
+        # (Dream predicts position i from hidden state i - 1)
+        canvas.pass_rows = slice(canvas.prompt_length, canvas.length)
+        scored = scored_rows(canvas, canvas.pass_rows)
+        return model.logits_for(x, scored.start, scored.stop), scored
 
     @staticmethod
     def _count(canvas: Canvas, recomputed: int, total: int) -> None:

@@ -39,11 +39,11 @@ from typing import ClassVar
 import torch
 
 from ..generation.canvas import Canvas, Commit
-from ..generation.parallel import DreamBlockPolicy, block_done
+from ..generation.parallel import DreamBlockPolicy
 from ..generation.policies import DecodingPolicy
 from ..generation.rules import DecodingRule
 from ..models.core import DiffusionTransformer
-from .base import ForwardStrategy, MethodConfig, dense_logits
+from .base import ForwardStrategy, MethodConfig, dense_pass, pass_logits
 from .fast_dllm_cache import BlockKVCache
 from .registry import register
 
@@ -136,15 +136,16 @@ class FastDLLM(ForwardStrategy):
         rows, kind = self._rows(canvas)
         if self.cached:
             hidden = self.cache.run(model, canvas.x[:, rows], rows.start, self.rope, canvas.key_mask)
-            logits = model.shift_logits(model.logits(hidden))
+            logits, scored = pass_logits(model, hidden, rows, canvas)
             canvas.nfe += 1
         else:
-            logits = dense_logits(model, canvas)
+            logits, scored = dense_pass(model, canvas)
         s = canvas.settings
         if kind == "prefix" and self.config.prefix_noise_draw and s.sampler == "llada" and s.temperature > 0:
-            torch.rand_like(logits, dtype=torch.float64)
+            # the official draw is over the pass's logits [B, R, V]; only its RNG use matters
+            torch.rand((logits.shape[0], rows.stop - rows.start, logits.shape[-1]), dtype=torch.float64, device=logits.device)
         self._record(canvas, kind, rows)
-        return logits, rows
+        return logits, scored
 
     def _rows(self, canvas: Canvas) -> tuple[slice, str]:
         if not self.cached or canvas.block_step == 0:
@@ -172,10 +173,13 @@ class UntilBlockDone(DecodingPolicy):
     def begin_block(self, canvas: Canvas) -> None:
         self.inner.begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        return self.inner.reads(canvas)
+
     def block_finished(self, canvas: Canvas) -> bool:
         if self.step_cap is not None and canvas.block_step >= self.step_cap:
             return True
-        return block_done(canvas) or self.inner.block_finished(canvas)
+        return canvas.block_done() or self.inner.block_finished(canvas)
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         return self.inner.select(logits, rows, canvas)

@@ -24,7 +24,7 @@ from ..generation.policies import DecodingPolicy
 from ..generation.scoring import dream_sample_tokens
 from ..models.core import DiffusionTransformer
 from ..models.rope import RopeTable
-from .base import ForwardStrategy, MethodConfig
+from .base import ForwardStrategy, MethodConfig, pass_logits
 from .registry import register
 from .sparse_dllm_cache import (
     OwnKeys,
@@ -153,10 +153,12 @@ class SparseDLLM(ForwardStrategy):
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         if canvas.block_step > self.config.delay:
-            return self._block_pass(model, canvas), canvas.block_slice
+            # Dream's shift inside the window: the block's first row reuses its own output,
+            # which is harmless because that position was committed at the block's first step.
+            return pass_logits(model, self._block_pass(model, canvas), canvas.block_slice, canvas)
         hidden = self._dense_pass(model, canvas, select=canvas.block_step == self.config.delay)
         if not canvas.spec.logit_shift:
-            return model.logits(hidden), slice(0, canvas.length)
+            return pass_logits(model, hidden, slice(0, canvas.length), canvas)
         # Dream's sampler shifts the full logits, then ranks within the block only: the head
         # needs just the rows that predict the block (and ties break over the block's length).
         first = max(canvas.block_start - 1, 0)
@@ -181,6 +183,7 @@ class SparseDLLM(ForwardStrategy):
         return x
 
     def _block_pass(self, model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
+        """Last hidden states of the block."""
         block = canvas.block_slice
         rope = self.rope.select(block)
         x = model.embed(canvas.x[:, block])
@@ -191,9 +194,7 @@ class SparseDLLM(ForwardStrategy):
             x = x + blk.mlp(blk.mlp_norm(x))
         width = canvas.settings.block_length
         self._record(model, canvas, "sparse", width, self.cache.keep + width)
-        # Dream's shift inside the window: the block's first row reuses its own output,
-        # which is harmless because that position was committed at the block's first step.
-        return model.shift_logits(model.logits(x))
+        return x
 
     def _select(self, layer: int, q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, canvas: Canvas) -> None:
         if self.rows is None:
@@ -245,6 +246,9 @@ class FirstTokenFirst(DecodingPolicy):
 
     def begin_block(self, canvas: Canvas) -> None:
         self.inner.begin_block(canvas)
+
+    def reads(self, canvas: Canvas) -> slice:
+        return canvas.block_slice if canvas.block_step == 0 else self.inner.reads(canvas)
 
     def block_finished(self, canvas: Canvas) -> bool:
         return self.inner.block_finished(canvas)

@@ -6,7 +6,7 @@ import torch
 
 from ..generation.canvas import Canvas
 from ..models.core import DiffusionTransformer
-from .base import ForwardStrategy, dense_logits
+from .base import ForwardStrategy, dense_pass
 from .registry import register
 from .verification import verification_logits
 
@@ -28,4 +28,4 @@ class Vanilla(ForwardStrategy):
         if self.verifying:
             logits, self.verified = verification_logits(model, canvas)
             return logits, slice(0, canvas.length)
-        return dense_logits(model, canvas), slice(0, canvas.length)
+        return dense_pass(model, canvas)

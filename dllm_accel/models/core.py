@@ -143,11 +143,42 @@ class DiffusionTransformer(nn.Module):
         """Final norm and head over hidden states of any subset of rows."""
         return self.head(self.final_norm(hidden))
 
+    def logits_for(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Logits (Dream's shift applied) of rows [start, stop) of a pass whose last hidden
+        states are ``hidden``: final norm and head over only the rows they need. Dream's row
+        i comes from state i - 1, except the pass's first row, which keeps its own."""
+        if not self.spec.logit_shift:
+            return self.logits(hidden[:, start:stop])
+        if start == 0:
+            return self.shift_logits(self.logits(hidden[:, :stop]))
+        return self.logits(hidden[:, start - 1 : stop - 1])
+
     def shift_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Align Dream's next-token logits with the positions they fill (no-op for LLaDA)."""
         if not self.spec.logit_shift:
             return logits
         return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def trunk(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        hidden: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states (before the final norm) of a full pass; appends the embeddings
+        and every block's output but the last to ``hidden`` when given."""
+        if positions is None:
+            positions = self.positions_for(input_ids.shape[1])
+        rope = self.rope_table(positions)
+        x = self.embed(input_ids)
+        if hidden is not None:
+            hidden.append(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, key_mask)
+            if hidden is not None and i < len(self.blocks) - 1:
+                hidden.append(x)
+        return x
 
     def forward(
         self,
@@ -161,15 +192,8 @@ class DiffusionTransformer(nn.Module):
         Hidden states follow the HF convention: embeddings, each block's output but the
         last, then the final-norm output.
         """
-        if positions is None:
-            positions = self.positions_for(input_ids.shape[1])
-        rope = self.rope_table(positions)
-        x = self.embed(input_ids)
-        hidden = [x] if output_hidden_states else None
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, key_mask)
-            if hidden is not None and i < len(self.blocks) - 1:
-                hidden.append(x)
+        hidden = [] if output_hidden_states else None
+        x = self.trunk(input_ids, positions, key_mask, hidden)
         normed = self.final_norm(x)
         if hidden is not None:
             hidden.append(normed)

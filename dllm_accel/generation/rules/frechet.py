@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from ..canvas import Canvas, Commit
-from ..parallel import _LLaDAParallelPolicy, block_done, score_range
+from ..parallel import _LLaDAParallelPolicy, score_range
+from ..policies import ranked_rows
 from ..settings import SettingsError
 from . import DecodingRule, register_rule
 
@@ -76,12 +77,16 @@ class FrechetPolicy(_LLaDAParallelPolicy, DecodingRule):
         else:
             super().begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        return slice(canvas.block_start, None) if self.dream else super().reads(canvas)
+
     def block_finished(self, canvas: Canvas) -> bool:
-        return block_done(canvas)
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
+        ranked = ranked_rows(canvas, rows)
         if not self.dream:
-            return _commit(*self.scores(logits, rows, canvas), rows, self.config.margin)
+            return _commit(*self.scores(logits, rows, canvas), ranked, self.config.margin)
         # the official code samples every mask of the pass (RNG order), then ranks the block's
         x0, confidence, candidates = score_range(
             logits, rows, canvas, canvas.block_start, rows.stop or canvas.length, "maskgit_plus"
@@ -89,4 +94,4 @@ class FrechetPolicy(_LLaDAParallelPolicy, DecodingRule):
         in_block = torch.zeros_like(candidates)
         in_block[:, canvas.block_slice] = True
         confidence = confidence.masked_fill(~in_block, -torch.inf)
-        return _commit(x0, confidence, candidates & in_block, rows, self.config.margin)
+        return _commit(x0, confidence, candidates & in_block, ranked, self.config.margin)
