@@ -163,7 +163,7 @@ class KlassPolicy(DecodingRule):
             rank = torch.empty_like(order.indices).scatter_(
                 1, order.indices, torch.arange(masked.shape[1], device=masked.device).expand_as(order.indices)
             )
-            return (rank < self.schedule.count(canvas)[:, None]) & masked
+            return (rank < self.schedule.count(canvas)) & masked  # one count for every row (a host int)
         # Dream: the mask with the highest sample_tokens confidence (drawn over the masks, RNG order)
         block_logits = logits[:, _window(rows, canvas)]
         sampled, _ = dream_sample_tokens(block_logits[masked], s.temperature, s.top_p, s.top_k)
