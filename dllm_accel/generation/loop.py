@@ -70,7 +70,7 @@ def denoise(
     if canvas.step and not canvas.nfe:
         raise RuntimeError(
             f"method {strategy.name!r} ran {canvas.step} steps but counted no forward pass: every model call in "
-            "its forward() must add 1 to canvas.nfe (dense_logits does), or NFE and tokens per step are wrong"
+            "its forward() must add 1 to canvas.nfe (dense_pass does), or NFE and tokens per step are wrong"
         )
     return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
 
