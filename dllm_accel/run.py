@@ -30,6 +30,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import check_ranges, failure_lines, failures, reported
 from .eval.byte_tokenizer import build_tokenizer
 from .eval.code_tasks import CODE_TASKS, HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
@@ -40,7 +41,7 @@ from .eval.tiny_tasks import TINY_TASKS, write_tiny_samples
 from .generation.settings import SamplerSettings
 from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
-from .models import load_model, load_spec
+from .models import load_model, load_spec, resolve_dtype
 from .paths import REPO_ROOT, shared_dir
 from .quiet import silence_known_warnings
 from .results import RunStore, config_hash, run_directory, sample_key
@@ -89,6 +90,8 @@ def validate(config: dict) -> None:
     if name not in available_methods():
         raise ValueError(f"unknown method {name!r} (accepted: {', '.join(available_methods())})")
     build_method(name, **(config["method"].get("options") or {}))
+    check_ranges(config)
+    resolve_dtype(config["model"]["dtype"])
     resolve_style(config["prompt"]["style"], config["model"]["instruct"])
     resolve_mode(config["tracking"])
     if config["humaneval_postprocess"] not in HUMANEVAL_POSTPROCESS:
@@ -140,14 +143,17 @@ def evaluate(cfg: DictConfig) -> dict | None:
     validate(config)
     silence_known_warnings()
     run_dir = run_directory(config["results_root"], config)
-    store = RunStore(run_dir)
+    store = RunStore(run_dir, retry_failed=config["retry_failed"])
     previous = store.read_summary()
-    if previous and previous.get("complete") and previous.get("limit") == config["task"]["limit"]:
+    retry = config["retry_failed"] and (previous or {}).get("failures", {}).get("count")
+    if previous and previous.get("complete") and previous.get("limit") == config["task"]["limit"] and not retry:
         log.info("already complete: %s", run_dir)
         _print_summary(previous, config)
         return previous
-    store.write_config(OmegaConf.to_yaml(OmegaConf.create(config)))
     _init_distributed()
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        store.lock()  # data-parallel ranks share rank 0's directory; two separate runs may not
+    store.write_config(OmegaConf.to_yaml(OmegaConf.create(config)))
     torch.manual_seed(config["seed"])
     if config["cpu_threads"]:
         torch.set_num_threads(config["cpu_threads"])
@@ -207,6 +213,7 @@ def evaluate(cfg: DictConfig) -> dict | None:
         _print_summary(summary, config)
         return summary
     finally:
+        store.unlock()
         if tracker is not None:
             tracker.finish()
         model = lm = None
@@ -313,6 +320,7 @@ def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, mete
             if task != name
         },
         "n_shot": results.get("n-shot"),
+        "failures": failures(current),
         "measurement": summarize(current),
         "by_length_depth": _by_length_depth(current),
         "environment": environment(model.device, model.dtype),
@@ -346,6 +354,9 @@ def _flatten(summary: dict, prefix: str = "") -> dict[str, float]:
 def _print_summary(summary: dict, config: dict) -> None:
     if config.get("print_summary", True):
         print(f"{HEADER}\n{summary_row(summary)}\nresults: {summary['run_dir']}", flush=True)
+    for line in failure_lines(summary):
+        log.warning("not generated: %s", line)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _free_memory() -> None:
@@ -358,7 +369,8 @@ def _free_memory() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
-    return evaluate(cfg)
+    with reported(cfg.get("debug")):
+        return evaluate(cfg)
 
 
 if __name__ == "__main__":

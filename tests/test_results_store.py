@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from dllm_accel.results import SAMPLES, RunStore, config_hash, read_samples, run_directory, sample_key
+import pytest
+
+from dllm_accel.results import (
+    QUARANTINE,
+    SAMPLES,
+    RunLocked,
+    RunStore,
+    config_hash,
+    read_samples,
+    run_directory,
+    sample_key,
+)
 
 CONFIG = {
     "experiment_name": "exp",
@@ -105,3 +120,65 @@ def test_the_hash_is_free_of_machine_paths(monkeypatch, tmp_path):
     other = config_in(tmp_path / "elsewhere" / "clone_b", tmp_path / "elsewhere" / "shared_b")
     other["model"]["path"] += "-v2"
     assert config_hash(other) != here
+
+
+# ------------------------------------------------------------------ damage, locks, retries
+def _lines(path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def test_damaged_lines_are_quarantined_with_file_and_line_named(tmp_path, caplog):
+    store = RunStore(tmp_path)
+    for doc in range(4):
+        store.append(_record(doc))
+    lines = _lines(tmp_path / SAMPLES)
+    lines[1] = b'{"key": "t/1/0", "comple'  # bad JSON, not the last line
+    lines[2] = b'{"key": "t/2/0", "completion": "\xff\xfe"}'  # not UTF-8
+    lines.insert(3, b'{"doc_id": 9, "completion": "no key"}')  # no key
+    (tmp_path / SAMPLES).write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level("WARNING", logger="dllm_accel.results"):
+        resumed = RunStore(tmp_path)
+    assert sorted(resumed.records) == ["t/0/0", "t/3/0"]  # the damaged samples will be generated again
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    for line_number, problem in ((2, "not valid JSON"), (3, "not UTF-8"), (4, "a record without a 'key'")):
+        assert any(f"{SAMPLES} line {line_number}: {problem}" in m for m in messages), messages
+    assert len(_lines(tmp_path / QUARANTINE)) == 3
+    assert [r["doc_id"] for r in read_samples(tmp_path)] == [0, 3]
+    assert sorted(RunStore(tmp_path).records) == ["t/0/0", "t/3/0"]  # repaired: no second warning needed
+
+
+def test_a_cut_summary_is_set_aside_so_the_run_rebuilds_it(tmp_path, caplog):
+    store = RunStore(tmp_path)
+    store.write_summary({"complete": True, "accuracy": {"value": 1.0}})
+    path = tmp_path / "summary.json"
+    path.write_text(path.read_text()[:15])
+    with caplog.at_level("WARNING", logger="dllm_accel.results"):
+        assert RunStore(tmp_path).read_summary() is None
+    assert "summary.json is damaged" in caplog.text
+    assert (tmp_path / "summary.json.damaged").is_file() and not path.exists()
+
+
+def test_a_second_run_into_the_same_directory_fails_clearly(tmp_path):
+    first = RunStore(tmp_path)
+    first.lock()
+    with pytest.raises(RunLocked, match=rf"{tmp_path} is being written by another run \(pid {os.getpid()}\)"):
+        RunStore(tmp_path).lock()
+    first.unlock()
+    RunStore(tmp_path).lock()  # free again
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path):
+    code = f"from dllm_accel.results import RunStore\nRunStore({str(tmp_path)!r}).lock()\nimport os\nos.kill(os.getpid(), 9)\n"
+    subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    RunStore(tmp_path).lock()
+
+
+def test_retry_failed_treats_failed_samples_as_missing(tmp_path):
+    store = RunStore(tmp_path)
+    for doc, status in enumerate(("ok", "oom", "error", "timeout")):
+        store.append(_record(doc) | {"status": status})
+    keep = RunStore(tmp_path)
+    retry = RunStore(tmp_path, retry_failed=True)
+    assert all(keep.finished(sample_key("t", d), "p") for d in range(4))
+    assert [bool(retry.finished(sample_key("t", d), "p")) for d in range(4)] == [True, False, False, False]

@@ -75,7 +75,13 @@ class _Pending:
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+    """CUDA OOM, Python's MemoryError, or a CPU allocator failure (``can't allocate memory``)."""
+    text = str(err).lower()
+    return (
+        isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 class DiffusionLM(LM):
@@ -242,8 +248,11 @@ class DiffusionLM(LM):
 
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Answers in request order. Batches are fixed groups of the whole request list, so a
+        resumed run regenerates a group exactly as an uninterrupted one did (same members, same
+        padding, same seed) and stores only the samples it lacks."""
         answers: list[str | None] = [None] * len(requests)
-        pending = []
+        items, stored = [], set()
         for i, request in enumerate(requests):
             context, gen_kwargs = request.args
             text = render_prompt(context, self.tokenizer, self.prompt, request.doc.get("task_id"))
@@ -252,16 +261,19 @@ class DiffusionLM(LM):
             done = self.store.finished(key, hashed) if self.store is not None else None
             if done is not None:
                 answers[i] = done["completion"]
-                continue
+                stored.add(key)
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            pending.append(_Pending(i, request, text, hashed, key, until, self._gen_length(gen_kwargs)))
+            items.append(_Pending(i, request, text, hashed, key, until, self._gen_length(gen_kwargs)))
+        groups = [g for g in self._batches(items) if any(item.key not in stored for item in g)]
         label = requests[0].task_name if requests else ""
-        bar = tqdm(total=len(pending), desc=f"{label} {self.method}", disable=disable_tqdm or not self.progress)
+        total = sum(len(g) for g in groups)
+        bar = tqdm(total=total, desc=f"{label} {self.method}", disable=disable_tqdm or not self.progress)
         tokens, seconds = 0, 0.0
-        for batch in self._batches(pending):
-            for item, record in zip(batch, self._generate_batch(batch), strict=True):
-                answers[item.index] = record["completion"]
+        for batch in groups:
+            for item, record in zip(batch, self._generate_batch(batch, stored), strict=True):
+                if item.key not in stored:
+                    answers[item.index] = record["completion"]
                 if record["status"] == "ok":
                     tokens += record["tokens"]["all_positions"]
             seconds = self.meter.generate_s
@@ -291,7 +303,7 @@ class DiffusionLM(LM):
         length = batch[0].gen_length
         return self.settings if length is None else replace(self.settings, gen_length=length)
 
-    def _generate_batch(self, batch: list[_Pending]) -> list[dict]:
+    def _generate_batch(self, batch: list[_Pending], stored: set[str] = frozenset()) -> list[dict]:
         settings = self._settings_for(batch)
         gen_length = settings.gen_length or settings.max_new_tokens
         records: list[dict | None] = [None] * len(batch)
@@ -305,9 +317,8 @@ class DiffusionLM(LM):
                 runnable.append((j, ids))
         if runnable:
             self._run(batch, runnable, records, settings)
-        for record in records:
-            if self.store is not None:
-                self.store.append(record)
+        if self.store is not None:  # one write: a kill keeps the whole group or cuts its last line
+            self.store.append_many([r for r in records if r["key"] not in stored])
         return records
 
     def _check_prompt(self, ids: list[int], gen_length: int | None) -> str | None:
@@ -348,10 +359,10 @@ class DiffusionLM(LM):
                     )
             except GenerationTimeout as err:
                 status, error = "timeout", str(err)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+            except (RuntimeError, MemoryError, torch.cuda.OutOfMemoryError) as err:
                 if not _is_oom(err):
                     raise
-                status, error = "oom", str(err).splitlines()[0]
+                status, error = "oom", (str(err).splitlines() or [type(err).__name__])[0]
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
         for row, (j, ids) in enumerate(runnable):
@@ -376,7 +387,8 @@ class DiffusionLM(LM):
             )
 
     def _batch_seed(self, task: str, doc_id: int) -> int:
-        """A seed from (run seed, first document), so a resumed run draws what a fresh one would."""
+        """A seed from (run seed, the group's first document): groups are fixed, so a resumed run
+        draws what an uninterrupted one drew."""
         digest = hashlib.sha256(f"{self.seed}:{task}:{doc_id}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 

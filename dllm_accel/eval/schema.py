@@ -119,6 +119,10 @@ class RunCfg:
     # how generated code is isolated: auto (bwrap, else unshare, else refuse), bwrap, unshare, or
     # none (no isolation: only on machines without namespaces, and only by choice)
     code_isolation: str = "auto"
+    # generate stored oom/error/timeout samples again
+    retry_failed: bool = False
+    # show the traceback of a rejected input (also DLLM_ACCEL_DEBUG=1)
+    debug: bool = False
     # papers: Dream/Fast-dLLM/dLLM-Cache sanitize; lm_eval: prompt + completion unchanged
     humaneval_postprocess: str = "papers"
     print_summary: bool = True

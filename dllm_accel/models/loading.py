@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .core import DiffusionTransformer
 from .families import CheckpointError, FamilyAdapter, Slot, adapter_for
@@ -56,25 +57,90 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
         raise CheckpointError(f"could not fetch hub checkpoint {text!r}: {err}") from err
 
 
+# config.json keys read as integers (sizes, counts, token ids) and as real numbers
+_INT_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "mlp_hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "n_heads",
+    "n_kv_heads",
+    "n_layers",
+    "d_model",
+    "vocab_size",
+    "embedding_size",
+    "max_position_embeddings",
+    "max_sequence_length",
+    "mask_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+)
+_REAL_KEYS = ("rope_theta", "rms_norm_eps", "layer_norm_eps")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or a one-line ``CheckpointError`` naming the file and the fault."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}, column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _check_types(config: dict, path: Path) -> None:
+    """Integers where the model needs integers, numbers where it needs numbers (no strings, no booleans)."""
+    for key, value in config.items():
+        if key in _INT_KEYS and value is not None:
+            values = value if isinstance(value, list) and value else [value]
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+                raise CheckpointError(f"{path}: '{key}' is {value!r}; expected a non-negative integer")
+        if key in _REAL_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise CheckpointError(f"{path}: '{key}' is {value!r}; expected a positive number")
+
+
 def read_config(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: missing config.json")
-    return json.loads(config_path.read_text())
+    config = read_json(config_path)
+    _check_types(config, config_path)
+    return config
+
+
+@contextmanager
+def _safetensors(path: Path, device: str = "cpu"):
+    """``safe_open`` whose failures (a truncated or corrupt file) are one line naming the file."""
+    try:
+        with safe_open(path, framework="pt", device=device) as handle:
+            yield handle
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None
 
 
 def load_spec(name_or_path: str | os.PathLike) -> tuple[ModelSpec, FamilyAdapter, Path]:
     directory = resolve_checkpoint_dir(name_or_path)
     config = read_config(directory)
     adapter = adapter_for(config, str(directory / "config.json"))
-    return adapter.spec_from_config(config, directory), adapter, directory
+    try:
+        return adapter.spec_from_config(config, directory), adapter, directory
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{directory / 'config.json'}: unusable value ({type(err).__name__}: {err})") from None
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
     """Map every stored tensor name to the file that holds it."""
     index = directory / _INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not weight_map:
             raise CheckpointError(f"{index}: no 'weight_map'")
         files = {name: directory / shard for name, shard in weight_map.items()}
@@ -85,7 +151,7 @@ def weight_files(directory: Path) -> dict[str, Path]:
     single = directory / _WEIGHT_FILE
     if not single.is_file():
         raise CheckpointError(f"{directory}: missing {_WEIGHT_FILE} (or {_INDEX_FILE})")
-    with safe_open(single, framework="pt") as handle:
+    with _safetensors(single) as handle:
         return {name: single for name in handle.keys()}
 
 
@@ -110,7 +176,7 @@ def _check_keys(
     for name, path in files.items():
         by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as handle:
+        with _safetensors(path) as handle:
             stored = set(handle.keys())
             for name in names:
                 if name not in stored:
@@ -164,7 +230,7 @@ def _read_state(
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
     for path in sorted(set(files.values())):
-        with safe_open(path, framework="pt", device=str(device)) as handle:
+        with _safetensors(path, str(device)) as handle:
             for name in handle.keys():
                 tensor = handle.get_tensor(name)
                 tensor = tensor if target is None else tensor.to(target)

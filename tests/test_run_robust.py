@@ -1,0 +1,225 @@
+"""The runner under damage and hostility: one-line errors, kill -9 and resume, hostile stored completions."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hostile_corpus import ATTACKS, bodies, indent
+from hydra import compose, initialize_config_dir
+from test_eval_sandbox import SECRET, Host, _sandbox_pids
+
+from dllm_accel.errors import reported
+from dllm_accel.eval.schema import CONF_DIR
+from dllm_accel.paths import shared_dir
+from dllm_accel.results import SAMPLES, SUMMARY, read_samples
+from dllm_accel.run import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = shared_dir() / "fixtures" / "llada-tiny"
+
+
+def _cli(tmp: Path, *overrides: str, env: dict | None = None, background: bool = False):
+    command = [
+        sys.executable,
+        "-m",
+        "dllm_accel.run",
+        "experiment=demo_tiny",
+        f"results_root={tmp / 'results'}",
+        f"hydra.run.dir={tmp / 'hydra'}",
+        "tracking=none",
+        "print_summary=false",
+        *overrides,
+    ]
+    full_env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"} | (env or {})
+    if background:
+        return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+# ------------------------------------------------------------------ bad input: one line each
+def _checkpoint(tmp: Path, damage: str) -> Path:
+    target = tmp / damage
+    shutil.copytree(TINY, target)
+    weights = target / "model.safetensors"
+    config = target / "config.json"
+    if damage == "truncated_safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage_safetensors":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "config_wrong_types":
+        values = json.loads(config.read_text())
+        key = "n_layers" if "n_layers" in values else "num_hidden_layers"
+        config.write_text(json.dumps(values | {key: "two"}))
+    elif damage == "config_not_json":
+        config.write_text("{'d_model': 64,")
+    elif damage == "config_missing":
+        config.unlink()
+    return target
+
+
+BAD_VALUES = {
+    "task.limit=0": "task.limit=0",
+    "cpu_threads=-1": "cpu_threads=-1",
+    "measure.generation_timeout_s=-1": "measure.generation_timeout_s=-1",
+    "measure.warmup=-2": "measure.warmup=-2",
+    "batch_size=0": "batch_size=0",
+    "code_timeout_s=0": "code_timeout_s=0",
+    "code_workers=0": "code_workers=0",
+    "model.rope_scaling=0": "model.rope_scaling=0",
+    "model.dtype=float8": "float8",
+    "model.device=tpu": "model.device='tpu'",
+    "seed=-1": "seed=-1",
+    "task.num_fewshot=-1": "task.num_fewshot=-1",
+    "code_isolation=sometimes": "code_isolation='sometimes'",
+    "tracking=sometimes": "sometimes",
+    "humaneval_postprocess=mine": "mine",
+    "prompt.style=poem": "poem",
+    "data_dir=/nonexistent/data": "/nonexistent/data",
+    "model.path=/nonexistent/ckpt": "/nonexistent/ckpt",
+    "sampler.gen_length=7": "gen_length",
+    "sampler.steps=-3": "steps",
+    "sampler.temperature=-1": "temperature",
+    "sampler.remasking=sometimes": "sometimes",
+    "method.options.keep_ratio=2": "keep_ratio",
+}
+BAD_CHECKPOINTS = {
+    "truncated_safetensors": "model.safetensors: not a readable safetensors file",
+    "garbage_safetensors": "model.safetensors: not a readable safetensors file",
+    "config_wrong_types": "expected a non-negative integer",
+    "config_not_json": "config.json: not valid JSON",
+    "config_missing": "missing config.json",
+}
+
+
+def _one_line_error(overrides: list[str], tmp: Path, capsys) -> str:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=demo_tiny", f"results_root={tmp}", "tracking=none", *overrides])
+    with pytest.raises(SystemExit) as exit_info, reported(False):
+        evaluate(cfg)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("override", sorted(BAD_VALUES))
+def test_every_bad_value_is_one_line_naming_it(override, tmp_path, capsys):
+    extra = ["method=sparse_dllm"] if override.startswith("method.options") else []
+    line = _one_line_error([*extra, override], tmp_path, capsys)
+    assert BAD_VALUES[override] in line, line
+    assert not any((tmp_path).rglob(SAMPLES))  # rejected before anything was generated
+
+
+@pytest.mark.parametrize("damage", sorted(BAD_CHECKPOINTS))
+def test_every_bad_checkpoint_is_one_line_naming_the_file(damage, tmp_path, capsys):
+    directory = _checkpoint(tmp_path, damage)
+    line = _one_line_error([f"model.path={directory}", "model.tokenizer=byte"], tmp_path, capsys)
+    assert BAD_CHECKPOINTS[damage] in line and str(directory) in line, line
+
+
+def test_the_cli_prints_one_line_and_the_debug_switch_the_traceback(tmp_path):
+    quiet = _cli(tmp_path, "task.limit=0")
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: task.limit=0 is out of range (accepted: >= 1 or null) (traceback: DLLM_ACCEL_DEBUG=1 or debug=true)"
+    ]
+    loud = _cli(tmp_path, "task.limit=0", env={"DLLM_ACCEL_DEBUG": "1", "HYDRA_FULL_ERROR": "1"})
+    assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def test_a_prompt_longer_than_the_context_is_reported(tmp_path):
+    window = ["sampler.gen_length=4096", "sampler.block_length=4096", "sampler.steps=16"]
+    result = _cli(tmp_path, "task=humaneval", "task.limit=2", *window)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary_path,) = (tmp_path / "results").rglob(SUMMARY)
+    summary = json.loads(summary_path.read_text())
+    assert summary["failures"]["count"] == 2
+    (reason,) = summary["failures"]["reasons"]
+    assert reason.startswith("prompt longer than the model's context (") and reason.endswith(" tokens)")
+    assert f"warning: 2/2 samples: {reason}" in result.stderr
+
+
+# ------------------------------------------------------------------ kill -9 and resume
+def _comparable(records: list[dict]) -> list[tuple]:
+    return sorted((r["key"], r["prompt_hash"], r["completion"], tuple(r.get("generated_ids") or ())) for r in records)
+
+
+def _summary_view(run: Path) -> dict:
+    summary = json.loads((run / SUMMARY).read_text())
+    return {k: summary[k] for k in ("complete", "n_samples", "accuracy", "metrics", "failures")}
+
+
+CONFIGS = [(1, 0.0), (4, 1.0), (4, 0.0), (1, 1.0)]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
+    rng = random.Random(16)
+    limit = 8
+    kills = 0
+    for index, (batch, temperature) in enumerate(CONFIGS):
+        settings = ["task=gsm8k", f"task.limit={limit}", f"batch_size={batch}", f"sampler.temperature={temperature}"]
+        reference = _cli(tmp_path / f"ref{index}", *settings)
+        assert reference.returncode == 0, reference.stderr[-2000:]
+        (ref_summary,) = (tmp_path / f"ref{index}" / "results").rglob(SUMMARY)
+        expected = _comparable(read_samples(ref_summary.parent))
+        for attempt in range(3 if index < 2 else 2):
+            work = tmp_path / f"kill{index}_{attempt}"
+            process = _cli(work, *settings, background=True)
+            target = rng.randrange(0, limit)  # stored lines to wait for, then a random extra delay
+            deadline = time.time() + 300
+            while time.time() < deadline and process.poll() is None:
+                found = list((work / "results").rglob(SAMPLES))
+                if found and len(found[0].read_bytes().splitlines()) >= target:
+                    break
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.3))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += process.returncode == -signal.SIGKILL
+            resumed = _cli(work, *settings)
+            assert resumed.returncode == 0, resumed.stderr[-2000:]
+            (summary,) = (work / "results").rglob(SUMMARY)
+            assert _comparable(read_samples(summary.parent)) == expected, (batch, temperature, target)
+            assert _summary_view(summary.parent) == _summary_view(ref_summary.parent)
+    assert kills >= 8  # most kills landed before the run could finish on its own
+
+
+# ------------------------------------------------------------------ hostile completions through the CLI
+@pytest.mark.slow
+def test_hostile_stored_completions_score_zero_through_the_cli_and_touch_nothing(tmp_path):
+    host = Host(tmp_path)
+    try:
+        settings = ["task=humaneval", f"task.limit={len(ATTACKS)}", "code_timeout_s=3", "code_workers=4"]
+        first = _cli(tmp_path, *settings)
+        assert first.returncode == 0, first.stderr[-2000:]
+        (summary_path,) = (tmp_path / "results").rglob(SUMMARY)
+        run = summary_path.parent
+        records = read_samples(run)
+        attacks = list(bodies(host.paths()).values())
+        for record, attack in zip(sorted(records, key=lambda r: r["doc_id"]), attacks, strict=True):
+            record.update(status="ok", completion=indent(attack), error=None)
+        (run / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary_path.unlink()
+        before = _sandbox_pids()
+        hostile = _cli(tmp_path, *settings, env={"WANDB_API_KEY": SECRET})
+        assert hostile.returncode == 0, hostile.stderr[-2000:]
+        summary = json.loads(summary_path.read_text())
+        assert summary["n_samples"] == len(ATTACKS) and summary["accuracy"]["value"] == 0.0
+        time.sleep(9)  # longer than the forked survivor's sleep
+        assert host.effects() == []
+        assert _sandbox_pids() - before == set()
+        for path in tmp_path.rglob("*"):
+            if path.is_file():
+                assert SECRET.encode() not in path.read_bytes() or path.name == "secret.txt", path
+    finally:
+        host.close()
