@@ -76,14 +76,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(portable, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_directory(root: str | os.PathLike, config: dict) -> Path:
-    """``<root>/<experiment>/<model>/<method>-<hash>/<task>``."""
-    method = config["method"]["name"]
+def run_directory(root: str | os.PathLike, config: dict, name: str | None = None) -> Path:
+    """``<root>/<experiment>/<model>/<name>-<hash>/<task>``; ``name`` is the sweep point's
+    (``points.Point.slug``: preset and overridden values), by default the method's."""
     return (
         Path(root)
         / config.get("experiment_name", "adhoc")
         / config["model"]["name"]
-        / f"{method}-{config_hash(config)}"
+        / f"{name or config['method']['name']}-{config_hash(config)}"
         / config["task"]["name"]
     )
 

@@ -35,7 +35,7 @@ from .eval.byte_tokenizer import build_tokenizer
 from .eval.code_tasks import CODE_TASKS, HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
 from .eval.prompting import DecodeFormat, PromptFormat, encode, render_prompt, resolve_style
-from .eval.report import HEADER, summary_row
+from .eval.report import HEADER, summary_row, write_job_summary
 from .eval.schema import register
 from .eval.tiny_tasks import TINY_TASKS, write_tiny_samples
 from .generation.settings import SamplerSettings
@@ -43,9 +43,10 @@ from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
 from .models import load_model, load_spec, resolve_dtype
 from .paths import REPO_ROOT, shared_dir
+from .points import Point, hydra_point
 from .quiet import silence_known_warnings
 from .results import RunStore, config_hash, run_directory, sample_key
-from .tracking import Tracker, resolve_mode
+from .tracking import Tracker, resolve_mode, sweep_group
 
 log = logging.getLogger("dllm_accel.run")
 _LENGTH_NAMES = {"gen_length", "max_new_tokens"}
@@ -137,17 +138,22 @@ def _init_distributed() -> None:
 
 
 # ------------------------------------------------------------------ the run
-def evaluate(cfg: DictConfig) -> dict | None:
-    """One sweep point: returns its summary (None on ranks other than 0)."""
+def evaluate(cfg: DictConfig, point: Point | None = None) -> dict | None:
+    """One sweep point: returns its summary (None on ranks other than 0).
+
+    ``point`` names it (preset and overridden values); by default the running Hydra job's.
+    """
     config = OmegaConf.to_container(cfg, resolve=True)
     validate(config)
     silence_known_warnings()
-    run_dir = run_directory(config["results_root"], config)
+    point = point or hydra_point(config)
+    run_dir = run_directory(config["results_root"], config, point.slug)
     store = RunStore(run_dir, retry_failed=config["retry_failed"])
     previous = store.read_summary()
     retry = config["retry_failed"] and (previous or {}).get("failures", {}).get("count")
     if previous and previous.get("complete") and previous.get("limit") == config["task"]["limit"] and not retry:
         log.info("already complete: %s", run_dir)
+        _leave_in_job_folder(previous)
         _print_summary(previous, config)
         return previous
     _init_distributed()
@@ -183,9 +189,10 @@ def evaluate(cfg: DictConfig) -> dict | None:
             config["tracking"] if rank == 0 else "none",
             config["wandb_project"],
             run_dir,
-            name=f"{model_cfg['name']}/{config['method']['name']}/{config['task']['name']}",
-            config=config,
-            group=config["experiment_name"],
+            name=f"{point.label} | {model_cfg['name']} | {config['task']['name']}",
+            config=_wandb_config(config, point, model),
+            group=sweep_group(config["experiment_name"], _sweep_dir()),
+            tags=[config["experiment_name"], model_cfg["name"], config["task"]["name"], point.preset, *point.settings],
         )
         meter = Meter(model.device)
         from .eval.lm import DiffusionLM
@@ -207,7 +214,8 @@ def evaluate(cfg: DictConfig) -> dict | None:
         results = _simple_evaluate(lm, config, tasks_dir, prompt)
         if results is None:
             return None
-        summary = _summarize(results, config, store, run_dir, meter, model)
+        summary = _summarize(results, config, store, run_dir, meter, model, point)
+        _leave_in_job_folder(summary)
         tracker.log_summary(_flatten(summary))
         tracker.log_samples(list(store.records.values()))
         _print_summary(summary, config)
@@ -220,13 +228,36 @@ def evaluate(cfg: DictConfig) -> dict | None:
         _free_memory()
 
 
-def _method_preset(config: dict) -> str:
-    """The ``conf/method`` file this run composed (several presets share one method name)."""
+def _sweep_dir() -> str | None:
+    """The multirun's folder (one W&B group per sweep), None outside a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().sweep.dir
+    return None
+
+
+def _leave_in_job_folder(summary: dict) -> None:
+    """A copy in the Hydra job's folder: the end-of-sweep table reads it, whichever launcher ran the job."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get("method") or config["method"]["name"]
-    return config["method"]["name"]
+        write_job_summary(HydraConfig.get().runtime.output_dir, summary)
+
+
+def _wandb_config(config: dict, point: Point, model) -> dict:
+    """The composed config plus what it leaves implicit: the point's name, the sampler settings and
+    method options as resolved (defaults filled in), commit, device and versions."""
+    resolved = SamplerSettings(**sampler_settings(config)).resolve(model.spec, prompt_length=0)
+    sampler = {k: v for k, v in dataclasses.asdict(resolved.raw).items() if v is not None}
+    sampler |= {k: getattr(resolved, k) for k in ("sampler", "gen_length", "steps", "block_length", "num_blocks")}
+    method = build_method(config["method"]["name"], **(config["method"].get("options") or {}))
+    return config | {
+        "point": {"label": point.label, "preset": point.preset, "overrides": point.overrides},
+        "resolved": {"sampler": sampler, "method": dataclasses.asdict(method.config)},
+        "environment": environment(model.device, model.dtype),
+    }
 
 
 def _prepare_tasks(config: dict, run_dir: Path, tokenizer, prompt: PromptFormat) -> Path:
@@ -291,7 +322,7 @@ def _scores(results: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     return scores, meta
 
 
-def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, meter: Meter, model) -> dict:
+def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, meter: Meter, model, point: Point) -> dict:
     scores, meta = _scores(results)
     store.reload()
     records = store.finalize(scores, doc_meta=meta)
@@ -308,7 +339,9 @@ def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, mete
         "config_hash": config_hash(config),
         "model": config["model"]["name"],
         "method": config["method"]["name"],
-        "preset": _method_preset(config),
+        "preset": point.preset,
+        "point": point.label,
+        "overrides": point.overrides,
         "task": config["task"]["name"],
         "limit": config["task"]["limit"],
         "n_samples": len(current),
@@ -321,7 +354,8 @@ def _summarize(results: dict, config: dict, store: RunStore, run_dir: Path, mete
         },
         "n_shot": results.get("n-shot"),
         "failures": failures(current),
-        "measurement": summarize(current),
+        # timed generations only (a multiple-choice task's log-likelihood records have no tokens)
+        "measurement": summarize([r for r in current if r.get("kind") != "loglikelihood"]),
         "by_length_depth": _by_length_depth(current),
         "environment": environment(model.device, model.dtype),
         "overhead": meter.overhead(),

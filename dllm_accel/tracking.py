@@ -37,31 +37,30 @@ class Tracker:
     """One W&B run per results directory; its files live in ``<run dir>/wandb``."""
 
     def __init__(
-        self, mode: str, project: str, run_dir: Path, name: str, config: dict, group: str | None = None
+        self,
+        mode: str,
+        project: str,
+        run_dir: Path,
+        name: str,
+        config: dict,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str = "eval",
     ) -> None:
         self.mode = resolve_mode(mode)
         self.run = None
         if self.mode == "none":
             return
-        self._guard(
-            "start",
-            lambda: self._start(project, run_dir, name, config, group),
-        )
+        init = {"project": project, "name": name, "group": group, "dir": str(run_dir), "config": config}
+        # W&B caps a tag at 64 characters
+        init |= {"tags": [str(t)[:64] for t in tags or []], "job_type": job_type}
+        self._guard("start", lambda: self._start(init))
 
-    def _start(self, project: str, run_dir: Path, name: str, config: dict, group: str | None) -> None:
+    def _start(self, init: dict) -> None:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(
-            project=project,
-            name=name,
-            group=group,
-            dir=str(run_dir),
-            config=config,
-            mode=self.mode,
-            job_type="eval",
-            reinit="finish_previous",
-        )
+        self.run = wandb.init(**init, mode=self.mode, reinit="finish_previous")
 
     def _guard(self, what: str, action) -> Any:
         try:
@@ -106,6 +105,17 @@ class Tracker:
 
         self._guard("samples table", write)
 
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        if self.run is None:
+            return
+
+        def write():
+            import wandb
+
+            self.run.log({name: wandb.Table(columns=columns, data=rows)})
+
+        self._guard("table", write)
+
     def finish(self) -> None:
         if self.run is None:
             return
@@ -114,3 +124,31 @@ class Tracker:
             run.finish()
         except Exception as err:  # same rule: report, never raise
             warnings.warn(f"W&B finish failed: {err}", stacklevel=2)
+
+
+def sweep_group(experiment: str, sweep_dir: str | Path | None) -> str:
+    """One W&B group per sweep (``<experiment>-<sweep folder>``); a single run groups by experiment."""
+    return f"{experiment}-{Path(sweep_dir).name}" if sweep_dir else experiment
+
+
+def log_sweep(config: Any, summaries: list[dict], speedups: list[float | None]) -> None:
+    """A summary run in the sweep's group: every point's accuracy, tokens/s and speed-up vs vanilla."""
+    mode = resolve_mode(config.get("tracking", "none"))
+    if mode == "none":
+        return
+    sweep_dir = Path(config.hydra.sweep.dir)
+    group = sweep_group(config.get("experiment_name", "adhoc"), sweep_dir)
+    tracker = Tracker(
+        mode, config.get("wandb_project", "dllm-accel"), sweep_dir, name=f"{group} summary", config={},
+        group=group, tags=["sweep-summary"], job_type="sweep",
+    )  # fmt: skip
+    rows = [
+        [s.get("point") or s["method"], s["model"], s["task"], (s.get("accuracy") or {}).get("value"),
+         s["measurement"]["all"]["tokens_per_s"]["all_positions"], speedup]
+        for s, speedup in zip(summaries, speedups, strict=True)
+    ]  # fmt: skip
+    tracker.log_summary(
+        {f"speedup_vs_vanilla/{row[1]}/{row[2]}/{row[0]}": row[5] for row in rows if row[5] is not None}
+    )
+    tracker.log_table("points", ["point", "model", "task", "accuracy", "tokens_per_s", "speedup_vs_vanilla"], rows)
+    tracker.finish()

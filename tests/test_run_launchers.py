@@ -13,11 +13,12 @@ from dllm_accel.results import SUMMARY, read_samples
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(command: list[str], tmp: Path) -> None:
+def _run(command: list[str], tmp: Path) -> subprocess.CompletedProcess:
     command += ["experiment=demo_tiny", f"results_root={tmp / 'results'}", "tracking=none", "print_summary=false"]
     env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def test_torchrun_data_parallel_ranks_share_one_run(tmp_path):
@@ -41,8 +42,12 @@ def test_torchrun_data_parallel_ranks_share_one_run(tmp_path):
 
 def test_submitit_local_sweep_runs_each_point_in_its_own_process(tmp_path):
     command = [sys.executable, "-m", "dllm_accel.run", "--multirun", "hydra/launcher=local_procs"]
-    _run(command + ["method=vanilla,fast_dllm", "task.limit=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    done = _run(command + ["method=vanilla,fast_dllm_dual", "task.limit=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                tmp_path)
+    # the points ran in other processes, and the sweep still ends with their table (speed-up vs vanilla)
+    table = done.stdout[done.stdout.index("speed-up") :]
+    assert "fast_dllm_dual" in table and "vanilla" in table and "1.00x" in table
     summaries = sorted((tmp_path / "results").rglob(SUMMARY))
-    assert [json.loads(p.read_text())["method"] for p in summaries] == ["fast_dllm", "vanilla"]
+    assert [json.loads(p.read_text())["preset"] for p in summaries] == ["fast_dllm_dual", "vanilla"]
     processes = {read_samples(p.parent)[0]["process"].split("-")[0] for p in summaries}
     assert len(processes) == 2 and str(os.getpid()) not in processes

@@ -1,50 +1,98 @@
-"""The one-line-per-run table printed after a run, and after a sweep for all its points."""
+"""The one-line-per-run table printed after a run, and after a sweep for all its points.
+
+Each row is named by its sweep point (``sparse_dllm keep_ratio=0.25``) and, where the sweep has
+a vanilla point for the same model, task and shared settings, carries the speed-up against it.
+Every job of a sweep leaves its summary in its Hydra job folder, so the table at the end of a
+sweep is the same whether the points ran in this process or in submitit/SLURM jobs.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
-HEADER = f"{'model':<20} {'method':<30} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'NFE/tok':>8} {'peak GiB':>9}"
+HEADER = (
+    f"{'model':<20} {'point':<40} {'task':<18} {'accuracy':>9} {'tok/s':>9} {'speed-up':>8} "
+    f"{'NFE/tok':>8} {'peak GiB':>9}"
+)
+JOB_SUMMARY = "summary.json"  # inside each Hydra job's output folder
+log = logging.getLogger(__name__)
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summary_row(summary: dict) -> str:
-    """Accuracy, tokens/s over all generated positions, NFE per token and peak memory of one run
-    (allocated on a GPU; on CPU the process's peak resident memory, marked ``r``), named by its
-    method preset (``fast_dllm`` and ``fast_dllm_dual`` are one method)."""
+def point_label(summary: dict) -> str:
+    return summary.get("point") or summary.get("preset") or summary["method"]
+
+
+def tokens_per_s(summary: dict) -> float | None:
+    return summary["measurement"]["all"]["tokens_per_s"]["all_positions"]
+
+
+def speedups(summaries: list[dict]) -> list[float | None]:
+    """Tokens/s over the vanilla point of the same model and task whose overrides this point shares."""
+    out = []
+    for summary in summaries:
+        mine = summary.get("overrides") or {}
+        base = [
+            s
+            for s in summaries
+            if s.get("preset", s["method"]) == "vanilla"
+            and (s["model"], s["task"]) == (summary["model"], summary["task"])
+            and all(mine.get(k) == v for k, v in (s.get("overrides") or {}).items())
+        ]
+        ours, theirs = tokens_per_s(summary), tokens_per_s(base[0]) if base else None
+        out.append(ours / theirs if ours is not None and theirs else None)
+    return out
+
+
+def summary_row(summary: dict, speedup: float | None = None) -> str:
+    """Accuracy, tokens/s over all generated positions, speed-up, NFE per token and peak memory of one
+    run (allocated on a GPU; on CPU the process's peak resident memory, marked ``r``)."""
     rates = summary["measurement"]["all"]
     memory = summary["measurement"]["peak_memory_gib"]
     peak = _fmt(memory["max"], ".2f")
     if memory["max"] is None and memory.get("rss_max") is not None:
         peak = _fmt(memory["rss_max"], ".2f") + "r"
+    speed = "-" if speedup is None else f"{speedup:.2f}x"
     return (
-        f"{summary['model']:<20} {summary.get('preset', summary['method']):<30} {summary['task']:<18} "
+        f"{summary['model']:<20} {point_label(summary):<40} {summary['task']:<18} "
         f"{_fmt(summary['accuracy']['value']):>9} {_fmt(rates['tokens_per_s']['all_positions'], '.2f'):>9} "
-        f"{_fmt(rates['nfe_per_token']):>8} {peak:>9}"
+        f"{speed:>8} {_fmt(rates['nfe_per_token']):>8} {peak:>9}"
     )
 
 
 def summary_table(summaries: list[dict]) -> str:
-    rows = [summary_row(s) + f"  {s['run_dir']}" for s in summaries]
+    rows = [summary_row(s, x) + f"  {s['run_dir']}" for s, x in zip(summaries, speedups(summaries), strict=True)]
     return "\n".join([HEADER + "  results", *rows])
 
 
+def write_job_summary(folder: str | Path, summary: dict) -> None:
+    from ..atomic import atomic_write_text
+
+    atomic_write_text(Path(folder) / JOB_SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def sweep_summaries(sweep_dir: str | Path) -> list[dict]:
+    """Every job's summary in job order (``<sweep dir>/<job num>/summary.json``)."""
+    paths = [p for p in Path(sweep_dir).glob(f"*/{JOB_SUMMARY}") if p.parent.name.isdigit()]
+    return [json.loads(p.read_text()) for p in sorted(paths, key=lambda p: int(p.parent.name))]
+
+
 class SummaryTable(Callback):
-    """After a sweep whose points ran in this process, one table of every point."""
-
-    def __init__(self) -> None:
-        self.summaries: list[dict] = []
-
-    def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, dict):
-            self.summaries.append(job_return.return_value)
+    """After a sweep, one table of every point (any launcher), mirrored to the sweep's W&B group."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if len(self.summaries) > 1:
-            print("\n" + summary_table(self.summaries), flush=True)
+        summaries = sweep_summaries(config.hydra.sweep.dir)
+        if len(summaries) < 2:
+            return
+        print("\n" + summary_table(summaries), flush=True)
+        from ..tracking import log_sweep
+
+        log_sweep(config, summaries, speedups(summaries))
