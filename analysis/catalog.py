@@ -17,6 +17,8 @@ class PaperTable:
 
     ``stand_ins`` names our label for a paper method whose settings the paper does not give
     (Sparse-dLLM's "Fast-dLLM" baseline is run as the dual cache at one token per step).
+    ``rows`` is what the paper's rows are: ``task`` (benchmark and setting rows, method columns:
+    Fast-dLLM) or ``method`` (method rows, benchmark columns: Sparse-dLLM, DyLLM).
     """
 
     experiment: str
@@ -24,6 +26,7 @@ class PaperTable:
     tables: tuple[str, ...]
     title: str
     stand_ins: tuple[tuple[str, str], ...] = ()
+    rows: str = "task"
 
     def our_label(self, paper_method: str) -> str:
         return dict(self.stand_ins).get(paper_method, paper_method)
@@ -32,12 +35,13 @@ class PaperTable:
 SPARSE_FAST = (("fast_dllm", "fast_dllm_dual"),)
 PAPER_TABLES = (
     PaperTable("sparse_dllm_table1", "sparse_dllm", ("1a", "1b"), "Sparse-dLLM Table 1 (LLaDA-8B-Instruct, LLaDA-1.5)",
-               SPARSE_FAST),
+               SPARSE_FAST, rows="method"),
     PaperTable("sparse_dllm_table2", "sparse_dllm", ("2a", "2b"), "Sparse-dLLM Table 2 (Dream-v0-7B Base, Instruct)",
-               SPARSE_FAST),
+               SPARSE_FAST, rows="method"),
     PaperTable("sparse_dllm_fig5", "sparse_dllm", ("fig5",), "Sparse-dLLM Fig. 5 (throughput, memory vs length)",
                SPARSE_FAST),
-    PaperTable("dyllm_table", "dyllm", ("result_table",), "DyLLM result table (LLaDA-8B-Instruct, Dream-7B-Instruct)"),
+    PaperTable("dyllm_table", "dyllm", ("result_table",), "DyLLM result table (LLaDA-8B-Instruct, Dream-7B-Instruct)",
+               rows="method"),
     PaperTable("dyllm_curves", "dyllm", ("curves",), "DyLLM accuracy vs throughput, 1/2/4 tokens per step"),
     PaperTable("fast_dllm_table1", "fast_dllm", ("1",), "Fast-dLLM Table 1 (LLaDA-8B-Instruct)"),
     PaperTable("fast_dllm_table2", "fast_dllm", ("2",), "Fast-dLLM Table 2 (Dream-v0-7B-Base)"),

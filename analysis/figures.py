@@ -113,15 +113,19 @@ MARKERS = "os^vDPX*hp<>"
 
 
 def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition: str = "all_positions") -> list[Path]:
-    """Colour = method, marker = experiment; the front's points are ringed and named."""
+    """One figure per experiment, model and task, so a front never mixes settings of different
+    experiments (shots, prompts, lengths). Colour = method; error bars are our accuracy's 95% interval
+    (1.96 standard errors of the per-sample scores); the front's points are ringed and named."""
     column = f"throughput_{definition}"
     usable = runs.dropna(subset=["accuracy", column]) if not runs.empty else runs
     paths = []
-    for (model, task), group in usable.groupby(["model", "task"]):
+    for (experiment, model, task), group in usable.groupby(["experiment", "model", "task"]):
         fig, ax = plt.subplots(figsize=(8, 5.2))
-        experiments = sorted(group["experiment"].unique())
-        marker = {e: MARKERS[i % len(MARKERS)] for i, e in enumerate(experiments)}
-        for (label, experiment), mine in group.groupby(["label", "experiment"]):
+        marker = {experiment: MARKERS[0]}
+        for label, mine in group.groupby("label"):
+            errors = 1.96 * pd.to_numeric(mine.get("accuracy_se"), errors="coerce").fillna(0.0)
+            ax.errorbar(mine[column], mine["accuracy"], yerr=errors, fmt="none", ecolor=color(label), elinewidth=1,
+                        capsize=3, zorder=2.5)
             ax.scatter(mine[column], mine["accuracy"], s=46, color=color(label), marker=marker[experiment], zorder=3,
                        edgecolor="black", linewidth=0.4)
         front = pareto_front(group, column, "accuracy")
@@ -142,10 +146,10 @@ def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition
             ax.set_ylim(-2, 102)
         ax.set_xlabel(f"throughput (tokens/s, {DEFINITION_TEXT[definition]})")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{model} · {task}: accuracy vs throughput ({len(group)} runs)")
+        ax.set_title(f"{experiment}: {model} · {task}, accuracy (95% interval) vs throughput ({len(group)} runs)")
         ax.grid(alpha=0.3)
         _pareto_legends(ax, sorted(group["label"].unique(), key=method_rank), marker)
-        paths += save(fig, out, f"pareto_{model}_{task}", banner)
+        paths += save(fig, out, f"pareto_{experiment}_{model}_{task}", banner)
     return paths
 
 

@@ -41,6 +41,7 @@ RUN_COLUMNS = [
     "failed",
     "complete",
     "accuracy",
+    "accuracy_se",
     "accuracy_metric",
     *(f"throughput_{k}" for k in TOKEN_COUNTS),
     "peak_memory_gib",
@@ -128,6 +129,20 @@ def accuracy_of(summary: dict | None, records: list[dict]) -> tuple[float | None
     return (100 * sum(scores) / len(scores), None) if scores else (None, None)
 
 
+def accuracy_se(summary: dict | None, records: list[dict]) -> float | None:
+    """Standard error of the accuracy in points: the sample standard deviation of the per-sample scores
+    over sqrt(n), lm-eval's ``mean_stderr`` (None below two scored samples)."""
+    block = (summary or {}).get("accuracy")
+    metric = block.get("metric") if isinstance(block, dict) else None
+    scores = [primary_score(r.get("scores"), metric) for r in records if r.get("status") == "ok"]
+    scores = [s for s in scores if s is not None]
+    if len(scores) < 2:
+        return None
+    mean = sum(scores) / len(scores)
+    variance = sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)
+    return 100 * math.sqrt(variance / len(scores))
+
+
 def read_config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / CONFIG).read_text()) or {}
 
@@ -150,6 +165,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
                 "failed": sum(r.get("status") not in (None, "ok") for r in records),
                 "complete": summary is not None,
                 "accuracy": accuracy,
+                "accuracy_se": accuracy_se(summary, records),
                 "accuracy_metric": metric,
                 "gpu": environment.get("gpu") or environment.get("device"),
                 **measured(records),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .catalog import BY_EXPERIMENT, PAPER_TABLES, PaperTable
+from .catalog import BY_EXPERIMENT, PAPER_TABLES, PaperTable, method_rank
 from .compare import DEFAULT_BANDS, RATIOS, Bands, compare
 from .reported import REPORTED_DIR, load_reported
 from .store import load_runs, load_samples
@@ -51,6 +51,13 @@ def fmt_difference(value: object, metric: str) -> str:
     return f"{value:.2f}× paper"
 
 
+def fmt_ours(row: pd.Series) -> str:
+    """Our value, with its 95% interval where there is one (accuracy)."""
+    text = fmt_value(row["ours"], row["metric"])
+    interval = row.get("ours_ci95")
+    return text if _missing(interval) or _missing(row["ours"]) else f"{text} ± {interval:.2f}"
+
+
 def display_rows(frame: pd.DataFrame) -> list[list[str]]:
     return [
         [
@@ -59,7 +66,7 @@ def display_rows(frame: pd.DataFrame) -> list[list[str]]:
             r["setting"] or "",
             f"{r['metric']} ({r['unit']})",
             fmt_value(r["paper"], r["metric"]),
-            fmt_value(r["ours"], r["metric"]),
+            fmt_ours(r),
             fmt_difference(r["difference"], r["metric"]),
             r["verdict"],
         ]
@@ -77,7 +84,14 @@ def _definitions_used(frame: pd.DataFrame) -> list[str]:
     return [f"`{d}` ({DEFINITIONS.get(d, d)})" for d in used]
 
 
-def markdown(frame: pd.DataFrame, table: PaperTable, runs: int, bands: Bands, banner: str | None) -> str:
+def markdown(
+    frame: pd.DataFrame,
+    table: PaperTable,
+    runs: int,
+    bands: Bands,
+    banner: str | None,
+    task_order: list[str] | None = None,
+) -> str:
     lines = [f"# {table.title}", ""]
     if banner:
         lines += [f"> **{banner}**", ""]
@@ -90,11 +104,64 @@ def markdown(frame: pd.DataFrame, table: PaperTable, runs: int, bands: Bands, ba
         "",
     ]
     for (paper_table, model), part in frame.groupby(["table", "model"], sort=False):
-        lines += [f"## Table {paper_table} · {model}", "", "| " + " | ".join(HEADER) + " |",
-                  "|" + "---|" * len(HEADER)]
+        lines += [f"## Table {paper_table} · {model}", ""]
+        lines += paper_layout(part, table, task_order) + ["", "Every number:", ""]
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in display_rows(part)]
         lines.append("")
     return "\n".join(lines)
+
+
+METRIC_ORDER = ("accuracy", "throughput", "speedup", "tokens_per_step", "peak_memory", "memory_ratio")
+MARKS = {"pass": "✓", "fail": "✗", "missing": "", "ours only": "", "info": "", "OOM": ""}
+
+
+def _cell(rows: pd.DataFrame, metrics: list[str]) -> str:
+    """One cell of the paper's grid: per metric of the grid (in its order; ``·`` where this cell has
+    none), ours (± 95%) / the paper's and the verdict mark."""
+    lines = []
+    for metric in metrics:
+        chosen = rows[rows["metric"] == metric]
+        if chosen.empty:
+            lines.append("·")
+            continue
+        r = chosen.iloc[0]
+        paper = fmt_value(r["paper"], r["metric"])
+        ours = fmt_ours(r) if not _missing(r["ours"]) else ("OOM" if r["verdict"] == "OOM" else "—")
+        mark = MARKS.get(r["verdict"], "")
+        lines.append(f"{ours} / {paper}{(' ' + mark) if mark else ''}")
+    return "<br>".join(lines)
+
+
+def _metric_rank(metric: str) -> int:
+    return METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER)
+
+
+def paper_layout(part: pd.DataFrame, table: PaperTable, task_order: list[str] | None = None) -> list[str]:
+    """The paper's grid: methods as columns and (task, setting) as rows, or the transpose
+    (``PaperTable.rows``), as the paper prints it; each cell ours / paper per metric. Tasks keep
+    the paper's order (``task_order``: as transcribed), methods the papers' row order."""
+    rows_key, columns_key = ("task", "method") if table.rows == "task" else ("method", "task")
+    order = {task: i for i, task in enumerate(task_order or [])}
+
+    def rank(key: str, value: str) -> tuple:
+        return method_rank(value) if key == "method" else (order.get(value, len(order)), value)
+
+    columns = sorted(dict.fromkeys(part[columns_key]), key=lambda value: rank(columns_key, value))
+    row_names = list(dict.fromkeys(zip(part[rows_key], part["setting"].fillna(""), strict=True)))
+    row_names.sort(key=lambda name: rank(rows_key, name[0]))
+    metrics = sorted(set(part["metric"]), key=_metric_rank)
+    lines = [
+        f"Ours / paper; accuracy as ours ± 95% interval; ✓ pass, ✗ fail. Metrics per cell: {', '.join(metrics)}.",
+        "",
+        f"| {rows_key} | setting | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for name, setting in row_names:
+        mine = part[(part[rows_key] == name) & (part["setting"].fillna("") == setting)]
+        cells = [_cell(mine[mine[columns_key] == column], metrics) for column in columns]
+        lines.append(f"| {name} | {setting} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -229,7 +296,9 @@ def write_tables(
     for table in _select(experiments):
         frame = compare(reported, runs, table, samples, bands)
         count = int((runs["experiment"] == table.experiment).sum()) if not runs.empty else 0
-        (out / f"{table.experiment}.md").write_text(markdown(frame, table, count, bands, banner))
+        printed = reported[(reported["paper"] == table.paper) & reported["table"].isin(table.tables)]
+        task_order = list(dict.fromkeys(printed["task"]))
+        (out / f"{table.experiment}.md").write_text(markdown(frame, table, count, bands, banner, task_order))
         (out / f"{table.experiment}.tex").write_text(latex(frame, table, bands, banner))
         frame.to_csv(out / f"{table.experiment}.csv", index=False)
         written.append(out / f"{table.experiment}.md")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make analysis/ importable
@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:  # run as a script: make analysis/ importable
 
 from analysis.catalog import PAPER_TABLES  # noqa: E402
 from dllm_accel.paths import tiny_checkpoint  # noqa: E402
+from dllm_accel.points import Point  # noqa: E402
 
 CONF = REPO / "conf"
 TABLES = (*(t.experiment for t in PAPER_TABLES), "longctx", "batch_size")
@@ -180,6 +181,18 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+def compose_point(overrides: list[str]) -> tuple[DictConfig, Point]:
+    """The config of one job and its name (preset and overridden values), as a Hydra multirun names it."""
+    from hydra import compose as hydra_compose
+
+    with hydra_session():
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    point = Point.from_overrides(cfg.hydra.runtime.choices.method, list(cfg.hydra.overrides.task))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, point
+
+
 def shrink(cfg: DictConfig) -> DictConfig:
     """The smoke version of one composed point (see the module docstring)."""
     from dllm_accel.run import sampler_settings
@@ -236,11 +249,11 @@ def run_local(name: str, scope: Scope, extra: list[str], added_methods: list[str
     for index, job in enumerate(jobs):
         started = time.perf_counter()
         try:
-            cfg = compose([*job, f"results_root={scope.results}"])
+            cfg, point = compose_point([*job, f"results_root={scope.results}"])
             if scope.name == "smoke":
                 cfg = shrink(cfg)
-            done = finished(cfg)
-            evaluate(cfg)
+            done = finished(cfg, point)
+            evaluate(cfg, point)
             outcome = "already done" if done else "ran"
             counts["skipped" if done else "ran"] += 1
         except Exception as error:  # one broken point must not stop a table: report it and go on
@@ -259,14 +272,14 @@ def run_local(name: str, scope: Scope, extra: list[str], added_methods: list[str
     return counts
 
 
-def finished(cfg: DictConfig) -> bool:
+def finished(cfg: DictConfig, point: Point | None = None) -> bool:
     """Whether the results store already holds this point complete (the runner then skips it)."""
     import json
 
     from dllm_accel.results import SUMMARY, run_directory
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    path = run_directory(config["results_root"], config) / SUMMARY
+    path = run_directory(config["results_root"], config, point.slug if point else None) / SUMMARY
     if not path.is_file():
         return False
     summary = json.loads(path.read_text())
@@ -293,6 +306,15 @@ def _launch(name: str, scope: Scope, launcher: str, extra: list[str]) -> None:
         *extra,
     ]
     subprocess.run(command, cwd=REPO, check=True)
+
+
+def require_results(scope: Scope) -> None:
+    """``make tables`` / ``make figures`` on an empty store: say so, exit non-zero (it printed nothing, exit 0)."""
+    from analysis.store import run_dirs
+
+    if not scope.results.is_dir() or not run_dirs(scope.results):
+        hint = "make reproduce SCOPE=smoke" if scope.name == "smoke" else "make reproduce (or SCOPE=smoke on a CPU)"
+        raise SystemExit(f"no results in {scope.results}: nothing to draw tables or figures from; run `{hint}` first")
 
 
 def analyse(scope: Scope, tables: bool = True, figures: bool = True) -> None:
@@ -340,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown table {unknown} (accepted: {', '.join(TABLES)})")
     if args.only:
+        require_results(scope)
         analyse(scope, tables=args.only == "tables", figures=args.only == "figures")
         return
     names = [*(args.table or []), *(args.experiment or [])] or list(TABLES)
