@@ -165,8 +165,10 @@ def _cast_masks_to_model_dtype(model) -> None:
     """LLaDA2's ``generate`` builds its 0/-inf block mask in bfloat16, which SDPA refuses next to
     float32 queries; casting it to float32 on the way in is exact (0 and -inf are representable)."""
     forward = model.forward
+    model.forward_calls = 0
 
     def cast(*args, attention_mask=None, **kwargs):
+        model.forward_calls += 1
         if attention_mask is not None and attention_mask.is_floating_point():
             attention_mask = attention_mask.to(torch.float32)
         return forward(*args, attention_mask=attention_mask, **kwargs)
@@ -208,41 +210,52 @@ def llada2_cases(args, directory: Path, version: str) -> dict:
             ),
         ]
     generate_cases = []
+
+    def record(label: str, settings: dict, prompt: torch.Tensor, stop_id: int) -> torch.Tensor:
+        model.forward_calls = 0
+        with torch.no_grad():
+            out = model.generate(prompt, eos_id=stop_id, mask_id=mask_id, **settings)
+        generate_cases.append(
+            {
+                "name": label,
+                "call": "model.generate(prompt, eos_id=eos_id, mask_id=mask_id, **settings)  # official LLaDA2MoeModelLM.generate",
+                "settings": settings if stop_id == eos_id else {**settings, "eos_id": stop_id},
+                "prompt_ids": prompt.tolist(),
+                "rng_dependent": False,
+                "expected_generated_ids": out.tolist(),
+                "nfe": model.forward_calls,
+            }
+        )
+        return out
+
     for index, (label, settings) in enumerate(settings_list):
         for prompt_length in (11, 16):
             prompt = _prompts(2010 + 10 * index + prompt_length, 1, prompt_length, mask_id - 100)
-            with torch.no_grad():
-                out = model.generate(prompt, eos_id=eos_id, mask_id=mask_id, **settings)
-            generate_cases.append(
-                {
-                    "name": f"{label}_prompt{prompt_length}",
-                    "call": "model.generate(prompt, eos_id=eos_id, mask_id=mask_id, **settings)  # official LLaDA2MoeModelLM.generate",
-                    "settings": settings,
-                    "prompt_ids": prompt.tolist(),
-                    "rng_dependent": False,
-                    "expected_generated_ids": out.tolist(),
-                }
-            )
+            out = record(f"{label}_prompt{prompt_length}", settings, prompt, eos_id)
+            if prompt_length == 11 and index < 2:
+                # a token the run produced in its second block, taken as EOS: the early stops fire
+                stop = int(out[0, 12])
+                record(f"{label}_prompt{prompt_length}_eos{stop}", settings, prompt, stop)
+                record(
+                    f"{label}_prompt{prompt_length}_eos{stop}_early", {**settings, "eos_early_stop": True}, prompt, stop
+                )
     base = args.dllm / f"dllm/pipelines/{sub}/models"
     files = [base / f"modeling_{stem}.py", base / f"configuration_{stem}.py"]
     return {"forward": forward, "generate": generate_cases, "tensors": tensors, "files": files}
 
 
 def dream_cases(args, directory: Path, coder: str) -> dict:
+    """DiffuCoder and Dream-Coder run Dream's modeling code; the sampler is Dream's ``diffusion_generate``
+    as Dream-Coder publishes it (``dream_utils.py``; apple/ml-diffucoder ships no sampler and points to
+    Dream's). Needs transformers 4.46.2, Dream's pin (4.57 lacks what its generation config expects)."""
     pkg = _package("official_dream", args.dllm / "dllm/pipelines/dream/models")
     cfg = importlib.import_module(f"{pkg}.configuration_dream")
     modeling = importlib.import_module(f"{pkg}.modeling_dream")
-    files = [
-        args.dllm / "dllm/pipelines/dream/models/modeling_dream.py",
-        args.dllm / "dllm/pipelines/dream/models/generation_utils.py",
-    ]
-    model, config = _official_model(cfg.DreamConfig, modeling.DreamModel, directory)
-    if coder == "dream_coder":
-        # Dream-Coder publishes its own copy of Dream's sampler (with its 'transition_<n>' schedule added)
-        utils_path = args.dream_coder / "instruct/code_eval/lcb/diffusion_utils/dream_utils.py"
-        utils = _module_from_file("official_dream_coder_utils", utils_path)
-        model._sample = types.MethodType(utils.DreamGenerationMixin._sample, model)
-        files.append(utils_path)
+    utils_path = args.dream_coder / "instruct/code_eval/lcb/diffusion_utils/dream_utils.py"
+    utils = _module_from_file("official_dream_coder_utils", utils_path)
+    model_cls = type("DreamWithDreamCoderSampler", (utils.DreamGenerationMixin, modeling.DreamModel), {})
+    files = [args.dllm / "dllm/pipelines/dream/models/modeling_dream.py", utils_path]
+    model, config = _official_model(cfg.DreamConfig, model_cls, directory)
     raw = json.loads((directory / "config.json").read_text())
     mask_id = raw["mask_token_id"]
     forward, tensors = _forward_cases(
@@ -278,17 +291,27 @@ def dream_cases(args, directory: Path, coder: str) -> dict:
         ("maskgit_plus_gen16_steps8", {"max_new_tokens": 16, "steps": 8, "alg": "maskgit_plus", "temperature": 0.0}),
     ]
     generate_cases = []
+    base = 2210 if coder == "dream_coder" else 2310
+    pad_id = raw["pad_token_id"]
     for index, (label, settings) in enumerate(settings_list):
-        prompt = _prompts(2210 + index, 2, 10, mask_id - 100)
-        seed = 2220 + index
+        prompt = _prompts(base + index, 2, 10, mask_id - 100)
+        attention_mask = None
+        if index == 1:  # the paper setting once with a left-padded row
+            attention_mask = torch.ones_like(prompt)
+            attention_mask[1, :3] = 0
+            prompt[1, :3] = pad_id
+        seed = base + 10 + index
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = model.diffusion_generate(prompt, return_dict_in_generate=True, output_history=True, **settings)
+            out = model.diffusion_generate(
+                prompt, attention_mask=attention_mask, return_dict_in_generate=True, output_history=True, **settings
+            )
         generate_cases.append(
             {
-                "name": label,
-                "call": "model.diffusion_generate(prompt, **settings)  # official Dream sampler",
+                "name": label if attention_mask is None else f"{label}_leftpad3",
+                "call": "model.diffusion_generate(prompt, attention_mask=attention_mask, **settings)  # official Dream sampler",
                 "settings": settings,
+                "attention_mask": None if attention_mask is None else attention_mask.tolist(),
                 "prompt_ids": prompt.tolist(),
                 "torch_manual_seed": seed,
                 "rng_dependent": settings["temperature"] > 0,

@@ -126,3 +126,25 @@ def test_group_limited_routing_stays_inside_the_best_groups():
     ids, weights = route(scores, bias, moe)
     assert sorted(ids[0].tolist()) == [2, 3]
     assert torch.allclose(weights, torch.tensor([[0.5, 0.5]]))  # unbiased scores, renormalised
+
+
+@pytest.mark.parametrize(
+    ("name", "total", "active", "embeddings_counted"),
+    [
+        ("llada-moe-7b-a1b", 7.0e9, 1.4e9, 1),  # LLaDA-MoE paper: 7B total, 1.4B activated (the output head counted)
+        ("llada2-mini", 16.26e9, 0.789e9, 0),  # Ling-mini-2.0 lineage: 16B total, 789M non-embedding activated
+    ],
+)
+def test_full_size_configs_build_with_the_stated_sizes(name, total, active, embeddings_counted):
+    """The benchmark configs (experiments/full_size) describe models of the published sizes."""
+    from dllm_accel.models.core import DiffusionTransformer
+
+    spec, _, _ = load_spec(Path(__file__).parents[1] / "experiments" / "full_size" / name)
+    with torch.device("meta"):
+        model = DiffusionTransformer(spec)
+    count = sum(p.numel() for p in model.parameters())
+    moe = spec.moe
+    idle = sum(moe.layers) * (moe.n_experts - moe.top_k) * 3 * spec.d_model * moe.expert_hidden
+    embedding = spec.vocab_size * spec.d_model
+    assert abs(count - total) / total < 0.06
+    assert abs(count - idle - (2 - embeddings_counted) * embedding - active) / active < 0.03

@@ -70,7 +70,9 @@ def test_generation_matches_official(name, case):
     prompt = torch.tensor(case["prompt_ids"])
     if case.get("rng_dependent"):
         torch.manual_seed(case["torch_manual_seed"])
-    out = generate(model, prompt, output_history="trajectory" in case, **case["settings"])
+    mask = case.get("attention_mask")
+    mask = None if mask is None else torch.tensor(mask)
+    out = generate(model, prompt, mask, output_history="trajectory" in case, **case["settings"])
     assert torch.equal(out.sequences, torch.tensor(case["expected_output_ids"]))
     if "trajectory" in case:
         assert torch.equal(torch.stack(out.trajectory), torch.tensor(case["trajectory"]))
@@ -85,7 +87,7 @@ def test_block_diffusion_matches_official(name, case):
     prompt = torch.tensor(case["prompt_ids"])
     out = generate(model, prompt, **case["settings"])
     generated = out.sequences[0, prompt.shape[1] :]
-    eos = (generated == model.spec.tokens.eos).nonzero()
+    eos = (generated == case["settings"].get("eos_id", model.spec.tokens.eos)).nonzero()
     if len(eos):
         generated = generated[: eos[0, 0] + 1]
     assert generated.tolist() == case["expected_generated_ids"][0]
@@ -113,4 +115,7 @@ def test_padded_prompts_and_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="unpadded prompts"):
         generate(model, prompt, torch.tensor([[1, 1, 1], [0, 1, 1]]), gen_length=8, block_length=8)
     with pytest.raises(ValueError, match="unknown block-diffusion setting 'alg'"):
-        generate(model, prompt, gen_length=8, block_length=8, alg="entropy")
+        generate(model, prompt, gen_length=8, block_length=8, alg="maskgit_plus")
+    # other samplers' options at their defaults (what the evaluator passes) are ignored
+    out = generate(model, prompt, gen_length=8, block_length=8, alg="entropy", remasking="low_confidence")
+    assert out.sequences.shape == (2, 11)

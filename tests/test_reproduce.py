@@ -27,7 +27,7 @@ EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*
 def check_point(config: dict) -> None:
     """The method builds from its options and the sampler settings resolve (on the tiny spec of the family)."""
     build_method(config["method"]["name"], **(config["method"].get("options") or {}))
-    family = "dream" if config["model"]["name"].startswith("dream") else "llada"
+    family = "dream" if config["model"]["name"].startswith(("dream", "diffucoder")) else "llada"
     spec, _, _ = load_spec(str(tiny_checkpoint(family)))
     SamplerSettings(**sampler_settings(config)).resolve(spec, prompt_length=0)
 

@@ -46,7 +46,7 @@ def _group_node(group: str, option: str) -> dict:
 
 @cache
 def _family_spec(model: str):
-    family = "dream" if model.startswith("dream") else "llada"
+    family = "dream" if model.startswith(("dream", "diffucoder")) else "llada"
     return load_spec(tiny_checkpoint(family))[0]
 
 

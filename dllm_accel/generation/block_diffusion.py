@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..models.core import DiffusionTransformer
 from .loop import GenerationOutput
-from .settings import SettingsError
+from .settings import SamplerSettings, SettingsError
 
 _AUTO = "auto"
 
@@ -53,9 +53,14 @@ class BlockDiffusionSettings:
 
     @classmethod
     def from_options(cls, options: dict) -> BlockDiffusionSettings:
+        """Settings from ``generate``'s keywords. Other samplers' options left at their defaults
+        (the evaluator passes every one) are dropped; any other name is an error."""
         accepted = {f.name for f in fields(cls)}
-        if "max_new_tokens" in options:
-            options = {**options, "gen_length": options.pop("max_new_tokens")}
+        if options.get("max_new_tokens") is not None:
+            options = {**options, "gen_length": options["max_new_tokens"]}
+        untouched = {f.name for f in fields(SamplerSettings) if options.get(f.name, f.default) == f.default}
+        options = {k: v for k, v in options.items() if k in accepted or k not in untouched}
+        options.pop("max_new_tokens", None)
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise SettingsError(
@@ -155,6 +160,14 @@ def _threshold_commit(confidence: torch.Tensor, active: torch.Tensor, threshold:
     return torch.where(enough, high, best)
 
 
+def _eos_settled(generated: torch.Tensor, wrote_eos: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
+    """[B] rows that just committed an EOS and have no mask before their first EOS (LLaDA2.0's early stop)."""
+    is_eos = generated == eos_id
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), generated.shape[1])
+    before = torch.arange(generated.shape[1], device=generated.device) < first[:, None]
+    return wrote_eos.any(dim=1) & is_eos.any(dim=1) & ~((generated == mask_id) & before).any(dim=1)
+
+
 @torch.no_grad()
 def block_diffusion_generate(
     model: DiffusionTransformer, input_ids: torch.Tensor, settings: BlockDiffusionSettings
@@ -212,6 +225,8 @@ def block_diffusion_generate(
                 edits = (probs > editing) & (current != mask_id) & ~in_prompt & (tokens != current) & ~stopped[:, None]
                 commit = commit | edits
             x[:, start : start + block] = torch.where(commit, tokens, current)
+            if editing is None and s.eos_early_stop:
+                stopped |= _eos_settled(x[:, prompt_length:], commit & (tokens == eos_id), eos_id, mask_id)
             step += 1
             if history is not None:
                 history.append(x[:, : prompt_length + s.gen_length].clone())
