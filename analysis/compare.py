@@ -5,7 +5,9 @@ Our accuracy carries a 95% interval (1.96 standard errors of the per-sample scor
 paper's number lies outside that interval widened by the paper's own run-to-run spread
 (``Bands.accuracy_points``: no paper states one, so it is an assumption, 1 point by default); on
 HumanEval's 164 problems one standard error is about 3.9 points, so a fixed band would judge
-noise. Speed-up and memory ratios pass within ``Bands.ratio_relative`` of the paper's ratio. Absolute
+noise. Throughput and speed-up carry a 95% interval from a seeded bootstrap over generation batches
+(a speed-up combines the relative errors of its run and its vanilla run); ratios pass within
+``Bands.ratio_relative`` of the paper's ratio widened by that interval. Absolute
 throughput and memory depend on the GPU, so they are shown with their ratio to the paper's
 and the verdict ``info``. A paper row we have no run for is ``missing`` (never filled in); a run the
 paper has no row for is ``ours only``, so a new method appears in every table.
@@ -54,8 +56,9 @@ class Bands:
         return (
             f"pass: the paper's accuracy lies within our 95% interval (±, 1.96 standard errors) widened by "
             f"{self.accuracy_points:g} point(s) of assumed paper run-to-run spread; speed-up, memory ratio and "
-            f"tokens per step within {self.ratio_relative:.0%} of the paper's. Absolute tok/s and GiB depend on the "
-            "GPU: shown as ours/paper, verdict 'info'."
+            f"tokens per step within {self.ratio_relative:.0%} of the paper's, widened by our 95% interval where "
+            "there is one (speed-up: bootstrap over batches). Absolute tok/s and GiB depend on the GPU: shown as "
+            "ours/paper, verdict 'info'."
         )
 
 
@@ -146,9 +149,21 @@ def our_value(points: pd.DataFrame, row: pd.Series, metric: str, definition: str
     return ours / reference if ours is not None and reference else None
 
 
-def our_ci95(points: pd.DataFrame, row: pd.Series, label: str | None = None) -> float | None:
-    """Half-width of the 95% interval of our accuracy for one reported cell (None without samples)."""
-    if points.empty or "accuracy_se" not in points.columns:
+def _combined(points: pd.DataFrame | None, column: str) -> float | None:
+    """The standard error of a mean over runs from each run's (sqrt of the summed squares over k)."""
+    if points is None or column not in points.columns:
+        return None
+    errors = pd.to_numeric(points[column], errors="coerce").dropna()
+    return math.sqrt(float((errors**2).sum())) / len(errors) if len(errors) else None
+
+
+def our_ci95(
+    points: pd.DataFrame, row: pd.Series, metric: str, definition: str = "", label: str | None = None
+) -> float | None:
+    """Half-width of the 95% interval of our number for one reported cell: accuracy from the per-sample
+    scores' standard error; throughput and speed-up from a bootstrap over batches (a speed-up combines
+    its two runs' relative errors). None where nothing supports one."""
+    if points.empty:
         return None
     match = points[
         (points["model"] == row["model"])
@@ -156,10 +171,18 @@ def our_ci95(points: pd.DataFrame, row: pd.Series, label: str | None = None) -> 
         & _same_task(points, row["task"])
         & (points["setting"] == row["setting"])
     ]
-    errors = pd.to_numeric(match["accuracy_se"], errors="coerce").dropna()
-    if errors.empty:
+    if metric == "accuracy":
+        error = _combined(match, "accuracy_se")
+        return None if error is None else 1.96 * error
+    column = f"throughput_{definition or 'all_positions'}"
+    value = our_value(points, row, metric, definition, label)
+    if metric not in ("throughput", "speedup") or value is None:
         return None
-    return 1.96 * math.sqrt(float((errors**2).sum())) / len(errors)  # the error of a mean of runs
+    relative = _combined(match, f"{column}_rse")
+    if metric == "speedup":
+        base = _combined(_baseline(points, row), f"{column}_rse")
+        relative = None if relative is None or base is None else math.hypot(relative, base)
+    return None if relative is None else 1.96 * relative * value
 
 
 def _mean(points: pd.DataFrame, column: str) -> float | None:
@@ -190,7 +213,8 @@ def verdict(
         return difference, "pass" if abs(difference) <= (ci95 or 0.0) + bands.accuracy_points else "fail"
     if metric in RATIOS:
         difference = ours / paper - 1
-        return difference, "pass" if abs(difference) <= bands.ratio_relative else "fail"
+        widened = bands.ratio_relative + ((ci95 or 0.0) / ours if ours else 0.0)
+        return difference, "pass" if abs(difference) <= widened else "fail"
     return ours / paper, "info"
 
 
@@ -231,7 +255,7 @@ def compare(
                 **{k: row[k] for k in ("table", "model", "task", "method", "setting", "metric", "unit", "note")},
                 "paper": _number(row["value"]),
                 "ours": our_value(points, row, row["metric"], row["throughput_definition"], table.our_label(row["method"])),
-                "ours_ci95": our_ci95(points, row, table.our_label(row["method"])) if row["metric"] == "accuracy" else None,
+                "ours_ci95": our_ci95(points, row, row["metric"], row["throughput_definition"], table.our_label(row["method"])),
                 "throughput_definition": row["throughput_definition"],
             }
         )
@@ -280,7 +304,7 @@ def _ours_only(points: pd.DataFrame, paper_rows: pd.DataFrame, table: PaperTable
                     "unit": UNITS[metric],
                     "paper": None,
                     "ours": value,
-                    "ours_ci95": our_ci95(points, fake_row) if metric == "accuracy" else None,
+                    "ours_ci95": our_ci95(points, fake_row, metric, definition),
                     "throughput_definition": definition if metric != "accuracy" else "",
                     "note": "not in the paper",
                 }

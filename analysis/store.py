@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -92,14 +93,37 @@ def run_identity(config: dict) -> dict:
     }
 
 
+BOOTSTRAP_DRAWS = 1000
+
+
+def throughput_rse(records: list[dict], count: str, draws: int = BOOTSTRAP_DRAWS) -> float | None:
+    """Relative standard error of tokens/s (total tokens over total time of the batches ``measured``
+    uses), by a seeded bootstrap over batches; None below two batches."""
+    warm = [r for r in records if not r["timing"]["first_call"]] or records
+    batches: dict[tuple, list[float]] = {}
+    for r in warm:
+        entry = batches.setdefault((r["process"], r["timing"]["batch_id"]), [0.0, float(r["timing"]["wall_s"])])
+        entry[0] += r["tokens"][count]
+    if len(batches) < 2:
+        return None
+    tokens, seconds = np.array(list(batches.values())).T
+    if not tokens.sum() or not seconds.sum():
+        return None
+    picks = np.random.default_rng(0).integers(0, len(tokens), (draws, len(tokens)))
+    rates = tokens[picks].sum(axis=1) / seconds[picks].sum(axis=1)
+    return float(rates.std(ddof=1) / (tokens.sum() / seconds.sum()))
+
+
 def measured(records: list[dict]) -> dict:
-    """Throughput under every token count (warm batches when there are any), memory, NFE/token."""
+    """Throughput under every token count (warm batches when there are any) with its bootstrap relative
+    standard error (``_rse``), memory, NFE/token."""
     ok = [r for r in records if r.get("status") == "ok" and "timing" in r]
     if not ok:
         return {}
     summary = summarize(ok)
     rates = summary["warm"] if summary["warm"]["samples"] else summary["all"]
     out = {f"throughput_{k}": v for k, v in rates["tokens_per_s"].items()}
+    out.update({f"throughput_{k}_rse": throughput_rse(ok, k) for k in TOKEN_COUNTS})
     out["peak_memory_gib"] = summary["peak_memory_gib"]["mean"]
     out["nfe_per_token"] = rates["nfe_per_token"]
     out.update({f"stat_{k}": v for k, v in summary["method_stats"].items()})

@@ -160,7 +160,8 @@ def test_tables_are_written_as_markdown_latex_and_csv(store, tmp_path):
     assert banner in text and "| gsm8k | vanilla | gen_length=256 | accuracy (%) | 79.30 | 80.00 ± 26.13 | +0.70 pt | pass |" in text
     # the paper's own grid: benchmark and length rows, method columns, ours / paper per metric
     assert "| task | setting | vanilla | fast_dllm_prefix | fast_dllm_parallel | fast_dllm_prefix_parallel |" in text
-    assert "| gsm8k | gen_length=256 | 80.00 ± 26.13 / 79.30 ✓<br>10.00 / 6.70<br>1.00× / 1.00× ✓ |" in text
+    # every batch took the same time: the bootstrap interval of tok/s and speed-up is 0
+    assert "| gsm8k | gen_length=256 | 80.00 ± 26.13 / 79.30 ✓<br>10.00 ± 0.00 / 6.70<br>1.00× ± 0.00 / 1.00× ✓ |" in text
     assert "| gsm8k | fast_dllm_parallel | gen_length=256 | accuracy (%) | 79.20 | — |  | missing |" in text
     dyllm = pd.read_csv(tmp_path / "dyllm_table.csv")
     assert set(dyllm["verdict"]) == {"missing"} and dyllm["ours"].isna().all()  # no DyLLM runs: nothing filled in
@@ -238,3 +239,22 @@ def test_tables_and_figures_without_results_say_so_and_fail(tmp_path, capsys):
     for what in ("tables", "figures"):
         with pytest.raises(SystemExit, match="no results in .*run `make reproduce"):
             reproduce.main(["--only", what, "--results", str(tmp_path / "empty" / "runs")])
+
+
+def test_speedup_interval_comes_from_a_bootstrap_over_batches_and_widens_the_band(tmp_path):
+    """Batch times alternating 2 s and 3 s: a 4.0x speed-up with a bootstrap 95% interval of about 14%,
+    so 25% above the paper's 3.2x passes the 20% band widened by it, and fails without the band."""
+    walls = {"vanilla": (10.0, 10.0), "fast_dllm": (2.0, 3.0)}
+    for method, options in (("vanilla", {}), ("fast_dllm", {"mode": "prefix"})):
+        fast, slow = walls[method]
+        records = [sample(i, 1.0, fast if i % 2 else slow, 256, 100) for i in range(1, 9)]
+        write_run(tmp_path, "fast_dllm_table1", "llada_8b_instruct", method, "gsm8k", records, options)
+    runs = load_runs(tmp_path).set_index("label")
+    assert runs.loc["vanilla", "throughput_answer_rse"] == 0 and runs.loc["fast_dllm_prefix", "throughput_answer_rse"] > 0
+    cell = compare(load_reported(), load_runs(tmp_path), BY_EXPERIMENT["fast_dllm_table1"])
+    speedup = cell.set_index(["task", "method", "setting", "metric"]).loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "speedup")]
+    assert speedup["ours"] == pytest.approx(4.0) and 0.1 < speedup["ours_ci95"] / 4.0 < 0.2
+    assert abs(speedup["ours"] / 3.2 - 1) > 0.2 and speedup["verdict"] == "pass"
+    narrow = compare(load_reported(), load_runs(tmp_path), BY_EXPERIMENT["fast_dllm_table1"], bands=Bands(1.0, 0.0))
+    narrow = narrow.set_index(["task", "method", "setting", "metric"])
+    assert narrow.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "speedup"), "verdict"] == "fail"

@@ -43,7 +43,7 @@ def test_the_slug_is_one_safe_folder_name():
 def _summary(point: str, preset: str, tok_s: float, overrides: dict | None = None, task: str = "gsm8k") -> dict:
     return {
         "model": "m", "task": task, "method": preset, "preset": preset, "point": point, "overrides": overrides or {},
-        "accuracy": {"value": 0.5}, "run_dir": f"/r/{point}",
+        "accuracy": {"value": 0.5}, "run_dir": "/r/run",
         "measurement": {"all": {"tokens_per_s": {"all_positions": tok_s}, "nfe_per_token": 1.0},
                         "peak_memory_gib": {"max": None, "rss_max": None}},
     }  # fmt: skip
@@ -61,6 +61,10 @@ def test_the_sweep_table_names_points_and_divides_by_the_matching_vanilla():
     assert speedups(rows) == [1.0, 1.0, 4.0, None]  # no vanilla on humaneval
     table = summary_table(rows)
     assert "sparse_dllm gen_length=512 keep_ratio=0.25" in table and "4.00x" in table
+    # an override every point shares names none of them: stated once above the table
+    shared = summary_table([_summary("vanilla n=10", "vanilla", 1.0, {"n": "10"}),
+                            _summary("dllm_cache n=10", "dllm_cache", 2.0, {"n": "10"})])  # fmt: skip
+    assert shared.startswith("every point: n=10\n") and "dllm_cache n=10" not in shared and "2.00x" in shared
 
 
 def test_sweep_summaries_are_read_from_the_job_folders_in_job_order(tmp_path):

@@ -52,7 +52,22 @@ def speedups(summaries: list[dict]) -> list[float | None]:
     return out
 
 
-def summary_row(summary: dict, speedup: float | None = None) -> str:
+def common_settings(summaries: list[dict]) -> dict[str, str]:
+    """Overrides every point of a sweep shares: they tell no two rows apart, so the table states them once."""
+    if len(summaries) < 2:
+        return {}
+    shared = dict((summaries[0].get("overrides") or {}).items())
+    for summary in summaries[1:]:
+        mine = summary.get("overrides") or {}
+        shared = {k: v for k, v in shared.items() if mine.get(k) == v}
+    return shared
+
+
+def _without(label: str, shared: dict[str, str]) -> str:
+    return " ".join(part for part in label.split(" ") if part.split("=", 1)[0] not in shared or "=" not in part)
+
+
+def summary_row(summary: dict, speedup: float | None = None, shared: dict[str, str] | None = None) -> str:
     """Accuracy, tokens/s over all generated positions, speed-up, NFE per token and peak memory of one
     run (allocated on a GPU; on CPU the process's peak resident memory, marked ``r``)."""
     rates = summary["measurement"]["all"]
@@ -62,15 +77,19 @@ def summary_row(summary: dict, speedup: float | None = None) -> str:
         peak = _fmt(memory["rss_max"], ".2f") + "r"
     speed = "-" if speedup is None else f"{speedup:.2f}x"
     return (
-        f"{summary['model']:<20} {point_label(summary):<40} {summary['task']:<18} "
+        f"{summary['model']:<20} {_without(point_label(summary), shared or {}):<40} {summary['task']:<18} "
         f"{_fmt(summary['accuracy']['value']):>9} {_fmt(rates['tokens_per_s']['all_positions'], '.2f'):>9} "
         f"{speed:>8} {_fmt(rates['nfe_per_token']):>8} {peak:>9}"
     )
 
 
 def summary_table(summaries: list[dict]) -> str:
-    rows = [summary_row(s, x) + f"  {s['run_dir']}" for s, x in zip(summaries, speedups(summaries), strict=True)]
-    return "\n".join([HEADER + "  results", *rows])
+    shared = common_settings(summaries)
+    rows = [
+        summary_row(s, x, shared) + f"  {s['run_dir']}" for s, x in zip(summaries, speedups(summaries), strict=True)
+    ]
+    common = ["every point: " + " ".join(f"{k}={v}" for k, v in shared.items())] if shared else []
+    return "\n".join([*common, HEADER + "  results", *rows])
 
 
 def write_job_summary(folder: str | Path, summary: dict) -> None:
