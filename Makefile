@@ -38,12 +38,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not compiled_matrix"
+
+# Every fixture case and method preset again with compile=true (tens of CPU-minutes: inductor compiles each graph).
+test-compiled: $(STAMP)
+	$(PY) -m pytest -m compiled_matrix
 
 # The fast tier: everything not marked slow (a couple of CPU-minutes).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not compiled_matrix"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 
 import torch
 
+from ..models.compiled import honours_compile_setting
 from ..models.core import DiffusionTransformer
 from .canvas import Canvas, Commit
 from .policies import DecodingPolicy
@@ -18,10 +21,16 @@ class GenerationOutput:
     sequences: torch.Tensor  # [B, L]: prompt + generation
     nfe: int
     trajectory: list[torch.Tensor] | None = None  # the sequence after every step
-    stats: dict[str, float] | None = None
+    summarise: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
+
+    @cached_property
+    def stats(self) -> dict[str, float] | None:
+        """The method's statistics, computed on first read: after a meter's timed region, never inside it."""
+        return (self.summarise() or None) if self.summarise is not None else None
 
 
 @torch.no_grad()
+@honours_compile_setting
 def denoise(
     model: DiffusionTransformer,
     input_ids: torch.Tensor,
@@ -66,13 +75,17 @@ def denoise(
                 canvas.trajectory.append(canvas.x.clone())
             if canvas.all_finished():
                 break
-    strategy.finish(model, canvas)
     if canvas.step and not canvas.nfe:
         raise RuntimeError(
             f"method {strategy.name!r} ran {canvas.step} steps but counted no forward pass: every model call in "
             "its forward() must add 1 to canvas.nfe (dense_pass does), or NFE and tokens per step are wrong"
         )
-    return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, canvas.stats or None)
+    return GenerationOutput(canvas.x, canvas.nfe, canvas.trajectory, partial(_statistics, strategy, model, canvas))
+
+
+def _statistics(strategy, model: DiffusionTransformer, canvas: Canvas) -> dict[str, float]:
+    strategy.finish(model, canvas)
+    return canvas.stats
 
 
 def _without_finished(commit: Commit, canvas: Canvas) -> Commit:

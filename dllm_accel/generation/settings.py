@@ -77,6 +77,9 @@ class SamplerSettings:
     # the sampler's count and ranking rule, with its Config fields as options
     policy: str | None = None
     policy_options: dict | None = None
+    # engine: run the passes through torch.compile (CUDA graphs for fixed-shape block passes on
+    # CUDA); outputs stay token-identical to eager (models/compiled.py)
+    compile: bool = False
 
     @classmethod
     def names(cls) -> set[str]:
@@ -135,6 +138,8 @@ class SamplerSettings:
             raise SettingsError("alg='origin' commits each mask by chance and cannot follow transfer_schedule='constant'")
         _check_parallel(self, sampler, constant)
         _check_rule(self, sampler, constant)
+        if not isinstance(self.compile, bool):
+            raise SettingsError(f"compile={self.compile!r} must be true or false")
         return ResolvedSettings(
             raw=self,
             sampler=sampler,

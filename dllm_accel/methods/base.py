@@ -14,6 +14,7 @@ import torch
 
 from ..generation.canvas import Canvas, Commit
 from ..generation.policies import DecodingPolicy
+from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
 
 
@@ -59,7 +60,8 @@ class ForwardStrategy(ABC):
         """Called after the loop wrote a commit into ``canvas.x``."""
 
     def finish(self, model: DiffusionTransformer, canvas: Canvas) -> None:
-        """Called once after the last step: statistics kept on the device are read here, once."""
+        """Called once, when the output's statistics are first read (after any timed region):
+        statistics kept on the device are read here, once."""
 
 
 def scored_rows(canvas: Canvas, rows: slice) -> slice:
@@ -98,10 +100,17 @@ def dense_pass(model: DiffusionTransformer, canvas: Canvas, every_row: bool = Fa
         x = torch.cat([x, unconditional])
         key_mask = None if key_mask is None else torch.cat([key_mask, key_mask])
         positions = positions if positions.dim() == 1 else torch.cat([positions, positions])
-    hidden = model.trunk(x, positions=positions, key_mask=key_mask)
+    hidden = compiled_pass(trunk_pass)(model, x, positions, key_mask)
     canvas.nfe += 1
     logits, rows = pass_logits(model, hidden, slice(0, canvas.length), canvas, every_row)
     if cfg > 0:
         cond, uncond = logits.chunk(2)
         logits = uncond + (cfg + 1) * (cond - uncond)
     return logits, rows
+
+
+def trunk_pass(
+    model: DiffusionTransformer, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Last hidden states of every position (one graph when compiled; the head runs on the read rows after it)."""
+    return model.trunk(x, positions=positions, key_mask=key_mask)

@@ -19,6 +19,7 @@ import torch
 
 from ..generation.canvas import Canvas
 from ..generation.settings import SettingsError
+from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
 from .base import ForwardStrategy, MethodConfig, scored_rows
 from .dllm_cache_layer import LayerCache, LayerRecord, PassContext, Refresh, run_layer
@@ -129,7 +130,7 @@ class DLLMCache(ForwardStrategy):
         x = model.embed(canvas.x)
         records, rows = [], 0
         for i, (block, cache) in enumerate(zip(model.blocks, self.caches, strict=True)):
-            x, record, computed = run_layer(block, cache, x, self.branch(i), self.context)
+            x, record, computed = compiled_pass(run_layer)(block, cache, x, self.branch(i), self.context)
             records.append(record)
             rows += computed
         self.step += 1

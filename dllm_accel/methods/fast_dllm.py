@@ -42,6 +42,7 @@ from ..generation.canvas import Canvas, Commit
 from ..generation.parallel import DreamBlockPolicy
 from ..generation.policies import DecodingPolicy
 from ..generation.rules import DecodingRule
+from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
 from .base import ForwardStrategy, MethodConfig, dense_pass, pass_logits
 from .fast_dllm_cache import BlockKVCache
@@ -135,7 +136,8 @@ class FastDLLM(ForwardStrategy):
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         rows, kind = self._rows(canvas)
         if self.cached:
-            hidden = self.cache.run(model, canvas.x[:, rows], rows.start, self.rope, canvas.key_mask)
+            run = compiled_pass(BlockKVCache.run, graphs=kind == "dual")
+            hidden = run(self.cache, model, canvas.x[:, rows], rows.start, self.rope, canvas.key_mask)
             logits, scored = pass_logits(model, hidden, rows, canvas)
             canvas.nfe += 1
         else:

@@ -22,6 +22,7 @@ from ..generation.canvas import Canvas, Commit
 from ..generation.parallel import DreamBlockPolicy
 from ..generation.policies import DecodingPolicy
 from ..generation.scoring import dream_sample_tokens
+from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
 from ..models.rope import RopeTable
 from .base import ForwardStrategy, MethodConfig, pass_logits
@@ -185,13 +186,7 @@ class SparseDLLM(ForwardStrategy):
     def _block_pass(self, model: DiffusionTransformer, canvas: Canvas) -> torch.Tensor:
         """Last hidden states of the block."""
         block = canvas.block_slice
-        rope = self.rope.select(block)
-        x = model.embed(canvas.x[:, block])
-        for layer, blk in enumerate(model.blocks):
-            q, k, v = blk.qkv(blk.attn_norm(x))
-            keys, values, key_mask = self.cache.with_block(layer, blk.rope(k, rope), v)
-            x = x + blk.attn_out(blk.attend(blk.rope(q, rope), keys, values, key_mask))
-            x = x + blk.mlp(blk.mlp_norm(x))
+        x = compiled_pass(sparse_block_layers, graphs=True)(model, self.cache, canvas.x[:, block], self.rope.select(block))
         width = canvas.settings.block_length
         self._record(model, canvas, "sparse", width, self.cache.keep + width)
         return x
@@ -229,6 +224,17 @@ class SparseDLLM(ForwardStrategy):
         stats["attention_flops"] += record.attention_flops
         stats["attention_flops_dense"] += per_pair * canvas.length * canvas.length
         stats["sparse_passes" if kind == "sparse" else "dense_passes"] += 1
+
+
+def sparse_block_layers(model: DiffusionTransformer, cache: SparseKVCache, tokens: torch.Tensor, rope: RopeTable) -> torch.Tensor:
+    """Last hidden states of the block's ``tokens`` against each layer's [kept ; block] K/V (one graph when compiled)."""
+    x = model.embed(tokens)
+    for layer, blk in enumerate(model.blocks):
+        q, k, v = blk.qkv(blk.attn_norm(x))
+        keys, values, key_mask = cache.with_block(layer, blk.rope(k, rope), v)
+        x = x + blk.attn_out(blk.attend(blk.rope(q, rope), keys, values, key_mask))
+        x = x + blk.mlp(blk.mlp_norm(x))
+    return x
 
 
 class FirstTokenFirst(DecodingPolicy):

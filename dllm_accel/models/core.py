@@ -11,9 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import fusable
 from .moe import MoEFeedForward
 from .rope import RopeTable
 from .spec import ModelSpec
+
+
+@fusable
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in fp32, cast back, then scale by the weight in the input dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@fusable
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The SwiGLU gate, ``silu(gate) * up``."""
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
@@ -25,10 +40,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Block(nn.Module):
@@ -103,7 +115,7 @@ class Block(nn.Module):
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
         if self.moe is not None:
             return self.moe(h)
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return self.down_proj(swiglu(self.gate_proj(h), self.up_proj(h)))
 
     # -- the plain pass ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, rope: RopeTable, key_mask: torch.Tensor | None = None) -> torch.Tensor:

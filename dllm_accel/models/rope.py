@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .compiled import fusable
+
 
 def inverse_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
@@ -17,6 +19,13 @@ def inverse_frequencies(head_dim: int, theta: float, device: torch.device | None
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@fusable
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, in_fp32: bool) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin``, in fp32 when asked; the result keeps x's dtype."""
+    src = x.float() if in_fp32 else x
+    return (src * cos + rotate_half(src) * sin).to(x.dtype)
 
 
 class RopeTable:
@@ -53,9 +62,7 @@ class RopeTable:
         width = self.cos.shape[-1]
         if width < x.shape[-1]:
             return torch.cat((self.apply(x[..., :width]), x[..., width:]), dim=-1)
-        src = x.float() if self.in_fp32 else x
-        out = src * self.cos + rotate_half(src) * self.sin
-        return out.to(x.dtype)
+        return rotate(x, self.cos, self.sin, self.in_fp32)
 
     def select(self, index: torch.Tensor | slice) -> RopeTable:
         """The table restricted to some positions along T (for block and sparse passes)."""

@@ -1,0 +1,177 @@
+"""The ``compile`` setting: token-identical to eager, a bounded number of compilations, fewer launches.
+
+Compiling on CPU costs tens of seconds per graph, so ``make test`` runs the representative
+checks (vanilla LLaDA over several prompt lengths: one graph; launches per layer), and every
+official fixture case, bf16 and the per-preset compile bound run under ``compiled_matrix``
+(``make test-compiled``). The CUDA-graph path runs only on a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import cache
+
+import pytest
+import test_dllm_cache
+import test_fast_dllm
+import test_parity_vanilla
+import test_sparse_dllm
+import torch
+from conftest import load_cases, tiny_model
+from torch._dynamo.utils import counters
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dllm_accel import generate, load_model
+from dllm_accel.demo import method_configs
+from dllm_accel.methods.base import trunk_pass
+from dllm_accel.models.compiled import compiling
+from dllm_accel.paths import tiny_checkpoint
+
+# ops that only re-describe memory (no kernel runs); everything else dispatched is a launch
+VIEW_OPS = {"view", "_unsafe_view", "t", "transpose", "slice", "expand", "unsqueeze", "squeeze", "permute", "alias"}
+PROMPT_LENGTHS = (12, 16, 20)
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_compiled_vanilla_matches_official_with_one_graph_for_every_prompt_length():
+    cases = [c for c in load_cases("llada_generate.json") if c["attention_mask"] is None and not c.get("rng_dependent")]
+    cases = [c for c in cases if c["settings"].get("cfg_scale", 0) == 0][:4]
+    assert len({len(c["prompt_ids"][0]) + c["settings"]["gen_length"] for c in cases}) >= 3  # lengths differ
+    before = _graphs()
+    for case in cases:
+        out = generate(tiny_model("llada"), torch.tensor(case["prompt_ids"]), compile=True, **case["settings"])
+        assert out.sequences.tolist() == case["expected_output_ids"], case["name"]
+    assert _graphs() - before <= 1  # the dense pass is compiled once, dynamic in length
+
+
+# -- every official fixture case, compiled ------------------------------------------------
+def _fast_dllm_cases():
+    cases = [("llada", c) for c in test_fast_dllm.LLADA_CASES] + [("dream", c) for c in test_fast_dllm.DREAM_CASES]
+    return [(test_fast_dllm.test_matches_official, f, c) for f, c in cases]
+
+
+FIXTURE_CASES = (
+    [(test_parity_vanilla.test_generation_matches_official, f, c) for f, c in test_parity_vanilla._generate_cases()]
+    + _fast_dllm_cases()
+    + [(test_dllm_cache.test_matches_official, f, c) for f, c in test_dllm_cache._cases()]
+    + [(test_sparse_dllm.test_matches_official, f, c) for f, c in test_sparse_dllm._cases()]
+)
+
+
+@pytest.mark.slow
+@pytest.mark.compiled_matrix
+@pytest.mark.parametrize(
+    ("check", "family", "case"),
+    FIXTURE_CASES,
+    ids=[f"{check.__module__[5:]}-{family}-{case['name']}" for check, family, case in FIXTURE_CASES],
+)
+def test_every_fixture_case_holds_compiled(check, family, case):
+    """The fixture test itself (ids, NFE, counts, trajectories, pass kinds), with every pass compiled."""
+    with compiling(True):
+        check(family, case)
+
+
+# -- bf16 and the compile bound, for every method preset ----------------------------------
+PRESETS = method_configs()
+
+
+@cache
+def _bf16_model(family: str):
+    return load_model(tiny_checkpoint(family), dtype=torch.bfloat16)
+
+
+def _settings(entry: dict) -> dict:
+    return {
+        "gen_length": 16,
+        "steps": 16,
+        "block_length": 8,
+        **(entry.get("sampler") or {}),
+        **(entry.get("options") or {}),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.compiled_matrix
+@pytest.mark.parametrize("family", ("llada", "dream"))
+@pytest.mark.parametrize("entry", PRESETS, ids=[e["preset"] for e in PRESETS])
+def test_bf16_compiled_equals_eager_and_stops_compiling(family, entry):
+    """Every preset (the registry's methods through conf/method): same tokens and NFE in bf16,
+    and once two prompt lengths have run, a third compiles nothing new."""
+    model = _bf16_model(family)
+    for length in PROMPT_LENGTHS:
+        prompt = torch.arange(5, 5 + 2 * length).view(2, length) % 1500 + 10
+        torch.manual_seed(0)
+        eager = generate(model, prompt, method=entry["name"], **_settings(entry))
+        before = _graphs()
+        torch.manual_seed(0)
+        compiled = generate(model, prompt, method=entry["name"], compile=True, **_settings(entry))
+        assert torch.equal(compiled.sequences, eager.sequences), length
+        assert compiled.nfe == eager.nfe
+        if length == PROMPT_LENGTHS[-1]:
+            assert _graphs() == before, "a third prompt length recompiled"
+
+
+# -- launches per layer --------------------------------------------------------------------
+class _Launches(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# a kernel call in inductor's wrapper: a generated CPU/Triton kernel, an extern kernel or an aten fallback
+_KERNEL_CALL = re.compile(r"^\s+(cpp_fused_\w+\(|triton_\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.aten\.\w+)", re.M)
+
+
+def launches_per_layer(model, ids: torch.Tensor) -> tuple[float, float, float]:
+    """(eager dispatched aten ops, eager launches = those minus view ops, compiled kernel calls), per layer."""
+    positions = torch.arange(ids.shape[1])
+    with torch.no_grad(), _Launches() as mode:
+        trunk_pass(model, ids, positions, None)
+    layers = model.spec.n_layers
+    dispatched = sum(mode.ops.values())
+    eager = dispatched - sum(n for op, n in mode.ops.items() if op in VIEW_OPS)
+    from torch._inductor.utils import run_and_get_code
+
+    with torch.no_grad(), compiling(True):
+        compiled = torch.compile(trunk_pass, dynamic=True)
+        _, code = run_and_get_code(compiled, model, ids, positions, None)
+    calls = sum(len(_KERNEL_CALL.findall(source.split("def call(", 1)[-1])) for source in code)
+    return dispatched / layers, eager / layers, calls / layers
+
+
+@pytest.mark.slow
+def test_compiled_pass_launches_at_most_half_of_eager():
+    model = tiny_model("llada")
+    dispatched, eager, compiled = launches_per_layer(model, torch.arange(2 * 24).view(2, 24) + 10)
+    assert compiled <= dispatched / 2
+    assert compiled < eager
+
+
+# -- CUDA graphs ----------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["fast_dllm_dual", "sparse_dllm", "fast_dllm_prefix"])
+def test_cuda_graph_block_passes_equal_eager(method):
+    entry = next(e for e in PRESETS if e["preset"] == method)
+    model = load_model(tiny_checkpoint("llada"), dtype=torch.bfloat16, device="cuda")
+    prompt = (torch.arange(32).view(2, 16) + 10).cuda()
+    settings = {
+        "gen_length": 64,
+        "steps": 64,
+        "block_length": 32,
+        **(entry.get("sampler") or {}),
+        **(entry.get("options") or {}),
+    }
+    eager = generate(model, prompt, method=entry["name"], **settings)
+    for _ in range(3):  # warm-up, recording, replays
+        compiled = generate(model, prompt, method=entry["name"], compile=True, **settings)
+        assert torch.equal(compiled.sequences, eager.sequences)
