@@ -112,14 +112,21 @@ class Meter:
         return {"wall_s": wall, "generate_s": self.generate_s, "outside_generate_share": 1 - self.generate_s / wall}
 
 
-def token_counts(generated: list[int], answer_ids: list[int], eos: int, eot: int | None) -> dict[str, int]:
-    """The raw per-sample counts every throughput definition is derived from."""
+def token_counts(
+    generated: list[int], answer_ids: list[int], eos: int, eot: int | None, mask: int | None = None
+) -> dict[str, int]:
+    """The raw per-sample counts every throughput definition is derived from.
+
+    Positions still holding ``mask`` were never generated (a row stopped by the EOS early
+    exit, or a pass budget that ran out) and count under no definition.
+    """
+    decoded = [t for t in generated if t != mask]
     ends = [i for i, t in enumerate(generated) if t == eos or (eot is not None and t == eot)]
     return {
-        "all_positions": len(generated),
-        "non_eos": sum(1 for t in generated if t != eos),
-        "answer": sum(1 for t in answer_ids if t != eos),
-        "before_eos": ends[0] if ends else len(generated),
+        "all_positions": len(decoded),
+        "non_eos": sum(1 for t in decoded if t != eos),
+        "answer": sum(1 for t in answer_ids if t not in (eos, mask)),
+        "before_eos": ends[0] if ends else len(decoded),
     }
 
 

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dllm_accel import generate, load_model
 from dllm_accel.measure import Meter, environment, summarize, token_counts
+from dllm_accel.methods.vanilla import Vanilla
+from dllm_accel.paths import tiny_checkpoint
 
-EOS, EOT = 9, 8
+EOS, EOT, MASK = 9, 8, 7
 
 
 def test_token_counts_under_each_papers_rule():
@@ -18,6 +21,32 @@ def test_token_counts_under_each_papers_rule():
     counts = token_counts(generated, answer_ids=[1, 2, EOT], eos=EOS, eot=EOT)
     assert counts == {"all_positions": 6, "non_eos": 4, "answer": 3, "before_eos": 2}
     assert token_counts([1, 2], [1], EOS, None)["before_eos"] == 2
+
+
+def test_masks_left_after_an_early_exit_are_not_generated_tokens():
+    # the DyLLM engine stopped this row at its EOS: the two masks after it were never decoded
+    counts = token_counts([1, EOS, MASK, MASK], answer_ids=[1], eos=EOS, eot=EOT, mask=MASK)
+    assert counts == {"all_positions": 2, "non_eos": 1, "answer": 1, "before_eos": 1}
+    assert token_counts([1, 2, MASK], [1, 2], EOS, None, mask=MASK)["before_eos"] == 2
+
+
+def test_method_statistics_are_gathered_after_the_timed_call():
+    """A meter times generate(); the strategy's summary runs only when the stats are read."""
+    calls = []
+
+    class Summarising(Vanilla):
+        def finish(self, model, canvas):
+            calls.append(canvas.nfe)
+            canvas.stats["summarised"] = 1.0
+
+    model = load_model(tiny_checkpoint("llada"), dtype=torch.float32)
+    meter = Meter(torch.device("cpu"))
+    with meter.time():
+        out = generate(model, torch.tensor([[5, 6, 7, 8]]), method=Summarising(), gen_length=4, steps=4)
+    assert calls == []
+    assert out.stats == {"summarised": 1.0}
+    assert out.stats == {"summarised": 1.0} and calls == [4]  # once, then cached
+
 
 
 def _sample(batch: int, first: bool, wall: float, positions: int, non_eos: int, nfe: int, peak=None, status="ok"):

@@ -365,6 +365,7 @@ class DiffusionLM(LM):
                 status, error = "oom", (str(err).splitlines() or [type(err).__name__])[0]
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+        mask_id = spec.tokens.mask if self.settings.mask_id is None else self.settings.mask_id
         for row, (j, ids) in enumerate(runnable):
             item = batch[j]
             if output is None:
@@ -380,7 +381,7 @@ class DiffusionLM(LM):
                 prompt_tokens=len(ids),
                 completion=answer,
                 generated_ids=generated,
-                tokens=token_counts(generated, answer_ids, spec.tokens.eos, spec.tokens.eot),
+                tokens=token_counts(generated, answer_ids, spec.tokens.eos, spec.tokens.eot, mask_id),
                 nfe=output.nfe,
                 timing=asdict(timing) | {"batch_size": len(runnable)},
                 method_stats=output.stats,
