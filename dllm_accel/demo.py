@@ -1,11 +1,15 @@
 """``make demo``: every method config on both tiny checkpoints, on CPU, in seconds.
 
-Prints, per run, the generated ids, the number of forward evaluations (NFE), wall time
-and generated tokens per second. Exits non-zero if any run fails.
+Prints, per preset, the generated ids, the number of forward evaluations (NFE) and its
+speed. Speed on a shared CPU is noisy and drifts, so each preset is timed ``REPEATS``
+times, interleaved (round r runs every preset once, each round in a rotated order), and
+the table shows the median with the spread (min-max as a share of the median). Exits
+non-zero if any run fails or a preset's repeats disagree.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,32 +38,73 @@ def method_configs(directory: Path = REPO_ROOT / "conf" / "method") -> list[dict
     return configs
 
 
-def run_one(model, family: str, entry: dict) -> str:
+REPEATS = 5
+
+
+def run_once(model, family: str, entry: dict) -> tuple[list[int], int, float]:
+    """Generated ids, NFE and wall seconds of one run."""
     settings = {**SAMPLER, **(entry.get("sampler") or {}), **(entry.get("options") or {})}
     prompt = torch.tensor([PROMPTS[family]])
+    torch.manual_seed(0)
     start = time.perf_counter()
     out = generate(model, prompt, method=entry["name"], **settings)
     seconds = time.perf_counter() - start
-    generated = out.sequences[0, prompt.shape[1] :].tolist()
-    rate = len(generated) / seconds
-    return f"{family:6s} {entry['preset']:24s} nfe={out.nfe:3d} time={seconds * 1000:7.1f} ms  {rate:7.1f} tok/s  ids={generated}"
+    return out.sequences[0, prompt.shape[1] :].tolist(), out.nfe, seconds
+
+
+def interleaved(model, family: str, entries: list[dict], repeats: int = REPEATS) -> dict[str, dict | str]:
+    """Per preset: ids, NFE and every timed run's seconds, or the error that stopped it."""
+    results: dict[str, dict | str] = {}
+    for r in range(repeats):
+        shift = r % len(entries)
+        for entry in entries[shift:] + entries[:shift]:
+            name = entry["preset"]
+            if isinstance(results.get(name), str):
+                continue
+            try:
+                ids, nfe, seconds = run_once(model, family, entry)
+            except Exception as err:  # report every failing preset, then fail the demo
+                results[name] = f"FAILED: {type(err).__name__}: {err}"
+                continue
+            seen = results.setdefault(name, {"ids": ids, "nfe": nfe, "seconds": []})
+            if seen["ids"] != ids:
+                results[name] = "FAILED: repeated runs generated different ids"
+                continue
+            seen["seconds"].append(seconds)
+    return results
+
+
+def row(family: str, preset: str, result: dict | str) -> str:
+    if isinstance(result, str):
+        return f"{family:6s} {preset:32s} {result}"
+    times = result["seconds"]
+    median = statistics.median(times)
+    spread = (max(times) - min(times)) / median * 100
+    rate = len(result["ids"]) / median
+    return (
+        f"{family:6s} {preset:32s} nfe={result['nfe']:3d} median={median * 1000:7.1f} ms "
+        f"(spread {spread:3.0f}%)  {rate:7.1f} tok/s  ids={result['ids']}"
+    )
 
 
 def main() -> int:
     if not tiny_checkpoint("llada").is_dir():
         print(f"parity checkpoints not found in {fixtures_dir()} (they come with shared/, see README): skipped")
         return 0
-    torch.manual_seed(0)
+    torch.set_num_threads(1)  # the tiny models gain nothing from threads; oversubscribed cores distort timings
+    entries = method_configs()
+    print(
+        f"time: median of {REPEATS} interleaved runs per preset; spread = (max - min) / median; "
+        f"tok/s = generated positions / median time (CPU threads: {torch.get_num_threads()})",
+        flush=True,
+    )
     failures = 0
     for family in ("llada", "dream"):
         model = load_model(tiny_checkpoint(family), dtype=torch.float32)
         generate(model, torch.tensor([PROMPTS[family]]), gen_length=8, steps=8)  # warm-up, not timed
-        for entry in method_configs():
-            try:
-                print(run_one(model, family, entry), flush=True)
-            except Exception as err:  # report every failing preset, then fail the demo
-                failures += 1
-                print(f"{family:6s} {entry['preset']:24s} FAILED: {type(err).__name__}: {err}", flush=True)
+        for preset, result in interleaved(model, family, entries).items():
+            failures += isinstance(result, str)
+            print(row(family, preset, result), flush=True)
     return 1 if failures else 0
 
 
