@@ -17,3 +17,21 @@ def test_bench_vanilla_smoke(tmp_path):
     records = json.loads(out.read_text())
     assert [r["model"] for r in records] == ["llada_8b", "dream_7b"]
     assert all(r["nfe"] == 8 and r["tokens_per_second"] > 0 for r in records)
+
+
+def test_bench_methods_smoke(tmp_path):
+    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "bench_methods.py"), "--smoke", "--models", "llada_8b",
+           "--presets", "vanilla", "fast_dllm_dual", "--out-dir", str(tmp_path), "--tag", "smoke"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert report["environment"]["torch"] and report["args"]["repeats"] == 2
+    points = report["points"]
+    assert {(p["preset"], p["batch"]) for p in points} == {(m, b) for m in ("vanilla", "fast_dllm_dual") for b in (1, 2)}
+    for point in points:
+        eager = point["eager"]
+        assert eager["repeats"] == 2 and eager["seconds_min"] <= eager["seconds_median"] <= eager["seconds_max"]
+        assert eager["generated_tokens"] == 16 * point["batch"] and eager["same_output_every_run"]
+        assert eager["tpf"] == 16 / eager["nfe"]
+    vanilla = next(p for p in points if p["preset"] == "vanilla")
+    assert vanilla["eager"]["nfe"] == 16
+    assert "| llada_8b | fast_dllm_dual |" in (tmp_path / "smoke.md").read_text()
