@@ -189,14 +189,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
-    parser.add_argument("--time-budget", type=float, help="seconds for the whole command; points that do not fit are skipped")
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds for the whole command; points that do not fit are skipped"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--smoke", action="store_true", help="tiny fixture configs, for a CPU check of this script")
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "bench")
     parser.add_argument("--tag", default="methods")
     argv = sys.argv[1:] if argv is None else argv
     if "--smoke" in argv:
-        parser.set_defaults(device="cpu", dtype="float32", batch=[1, 2], gen=[16], prompt=16, block=8, repeats=2, threads=1)
+        parser.set_defaults(
+            device="cpu", dtype="float32", batch=[1, 2], gen=[16], prompt=16, block=8, repeats=2, threads=1
+        )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,14 +223,28 @@ def main(argv: list[str] | None = None) -> dict:
             models[name] = load_model(path, dtype=args.dtype, device=device, random_weights=True)
         for point in points(args, entries):
             if deadline is not None and time.perf_counter() > deadline:
-                records.append({"model": point["model"], "preset": point["entry"]["preset"], "batch": point["batch"],
-                                "gen_length": point["gen"], "skipped": "time budget spent"})
+                records.append(
+                    {
+                        "model": point["model"],
+                        "preset": point["entry"]["preset"],
+                        "batch": point["batch"],
+                        "gen_length": point["gen"],
+                        "skipped": "time budget spent",
+                    }
+                )
                 continue
             try:
                 records.append(run_point(models[point["model"]], point, args, deadline))
             except (ValueError, torch.cuda.OutOfMemoryError) as err:  # a preset that cannot run this shape
-                records.append({"model": point["model"], "preset": point["entry"]["preset"], "batch": point["batch"],
-                                "gen_length": point["gen"], "skipped": f"{type(err).__name__}: {err}"})
+                records.append(
+                    {
+                        "model": point["model"],
+                        "preset": point["entry"]["preset"],
+                        "batch": point["batch"],
+                        "gen_length": point["gen"],
+                        "skipped": f"{type(err).__name__}: {err}",
+                    }
+                )
             print(json.dumps({k: v for k, v in records[-1].items() if k not in ("eager", "compiled")}), flush=True)
     report = {
         "tag": args.tag,
