@@ -52,7 +52,8 @@ def llada_config(spec: ModelSpec) -> dict:
 
 def official_state_dict(model: DiffusionTransformer, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The model's tensors under LLaDA's official names, contiguous, in ``dtype``."""
-    core_to_official = {core: official for official, core in LLADA.key_map(model.spec).items()}
+    # a plain LLaDA stores each core parameter whole under one name (no experts, no fused projections)
+    core_to_official = {slots[0].name: official for official, slots in LLADA.key_map(model.spec).items()}
     state = model.state_dict()
     missing = sorted(set(state) - set(core_to_official))
     if missing:
