@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dllm_accel import generate, load_model
 from dllm_accel.demo import method_configs
 from dllm_accel.methods.base import trunk_pass
+from dllm_accel.methods.fast_dllm_cache import BlockKVCache
 from dllm_accel.models.compiled import compiling
 from dllm_accel.paths import tiny_checkpoint
 
@@ -157,6 +158,22 @@ def test_compiled_pass_launches_at_most_half_of_eager():
 
 
 # -- CUDA graphs ----------------------------------------------------------------------------
+def test_block_start_as_a_device_index_equals_the_slice():
+    """The CUDA-graph form of Fast-dLLM's pass (start as a 0-d tensor) computes what the slice form does."""
+    model = tiny_model("llada")
+    x = torch.arange(2 * 40).view(2, 40) % 1500 + 10
+    rope = model.rope_table(torch.arange(40))
+    by_slice, by_index = BlockKVCache(model, 2, 40), BlockKVCache(model, 2, 40)
+    with torch.no_grad():
+        for cache in (by_slice, by_index):
+            cache.run(model, x, 0, rope, None)  # refresh
+        plain = by_slice.run(model, x[:, 16:24], 16, rope, None)
+        indexed = by_index.run(model, x[:, 16:24], torch.tensor(16), rope, None)
+    assert torch.equal(plain, indexed)
+    assert torch.equal(by_slice.keys, by_index.keys) and torch.equal(by_slice.values, by_index.values)
+
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["fast_dllm_dual", "sparse_dllm", "fast_dllm_prefix"])

@@ -132,12 +132,17 @@ class FastDLLM(ForwardStrategy):
         if self.cached:
             self.cache = BlockKVCache(model, canvas.x.shape[0], canvas.length)
             self.rope = model.rope_table(canvas.positions)
+            s = canvas.settings
+            self.block_starts = torch.arange(canvas.prompt_length, canvas.length, s.block_length, device=model.device)
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         rows, kind = self._rows(canvas)
         if self.cached:
-            run = compiled_pass(BlockKVCache.run, graphs=kind == "dual")
-            hidden = run(self.cache, model, canvas.x[:, rows], rows.start, self.rope, canvas.key_mask)
+            graphs = kind == "dual" and canvas.x.is_cuda and canvas.settings.compile
+            # a CUDA graph replays device memory only: the block start as a device index
+            start = self.block_starts[canvas.block] if graphs else rows.start
+            run = compiled_pass(BlockKVCache.run, graphs=graphs)
+            hidden = run(self.cache, model, canvas.x[:, rows], start, self.rope, canvas.key_mask)
             logits, scored = pass_logits(model, hidden, rows, canvas)
             canvas.nfe += 1
         else:

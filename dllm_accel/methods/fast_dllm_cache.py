@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.compiled import static_buffers
 from ..models.core import DiffusionTransformer
 from ..models.rope import RopeTable
 
@@ -29,27 +30,42 @@ class BlockKVCache:
         shape = (spec.n_layers, batch, spec.n_kv_heads, length, spec.head_dim)
         self.keys = torch.empty(shape, dtype=model.dtype, device=model.device)
         self.values = torch.empty_like(self.keys)
+        static_buffers(self.keys, self.values)
 
     def run(
         self,
         model: DiffusionTransformer,
         tokens: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         rope: RopeTable,
         key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Last hidden states of ``tokens`` (the rows from ``start`` on), refreshing their K/V.
 
-        ``rope`` covers the whole sequence; ``key_mask`` [B, L] hides padded keys.
+        ``rope`` covers the whole sequence; ``key_mask`` [B, L] hides padded keys. ``start``
+        may be a 0-d device tensor: the pass then has no host value in it, so one captured
+        CUDA graph serves every block of a generation.
         """
-        stop = start + tokens.shape[1]
-        rows = rope.select(slice(start, stop))
+        if isinstance(start, torch.Tensor):
+            index = start + torch.arange(tokens.shape[1], device=tokens.device)
+            rows = rope.select(index)
+        else:
+            index = slice(start, start + tokens.shape[1])
+            rows = rope.select(index)
         x = model.embed(tokens)
         for layer, block in enumerate(model.blocks):
             q, k, v = block.qkv(block.attn_norm(x))
-            self.keys[layer, :, :, start:stop] = block.rope(k, rows)
-            self.values[layer, :, :, start:stop] = v
+            _write(self.keys[layer], index, block.rope(k, rows))
+            _write(self.values[layer], index, v)
             ctx = block.attend(block.rope(q, rows), self.keys[layer], self.values[layer], key_mask)
             x = x + block.attn_out(ctx)
             x = x + block.mlp(block.mlp_norm(x))
         return x
+
+
+def _write(buffer: torch.Tensor, rows: slice | torch.Tensor, value: torch.Tensor) -> None:
+    """``buffer[:, :, rows] = value`` for a slice or a device index of positions."""
+    if isinstance(rows, slice):
+        buffer[:, :, rows] = value
+    else:
+        buffer.index_copy_(2, rows, value)

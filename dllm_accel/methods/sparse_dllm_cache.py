@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..models.compiled import static_buffers
+
 UNUSED_SLOT = -1  # the position recorded for a kept slot a row's budget leaves empty
 
 
@@ -131,6 +133,7 @@ class SparseKVCache:
         self.positions = torch.zeros(n_layers, batch, keep, dtype=torch.long, device=device)
         slots = (n_layers, batch, keep + block_length)
         self.key_mask = torch.ones(slots, dtype=torch.bool, device=device) if padded else None
+        static_buffers(*(t for t in (self.k, self.v, self.key_mask) if t is not None))
 
     def store(
         self,
