@@ -408,7 +408,7 @@ class _Watched(DyLLMDualCache):
         untouched = len(before) == len(after) and all(
             torch.equal(x, y) for b, a in zip(before, after, strict=True) for x, y in zip(b, a, strict=True)
         )
-        self.passes.append((canvas.block, canvas.block_step, rows, untouched))
+        self.passes.append((canvas.block, canvas.block_step, canvas.pass_rows, untouched))
         return logits, rows
 
 

@@ -23,10 +23,11 @@ from conftest import tiny_model, transfer_counts
 
 from dllm_accel import build_method, generate
 from dllm_accel.generation import SamplerSettings, SettingsError
-from dllm_accel.generation.dyllm_sampler import _top_p, dyllm_sample
+from dllm_accel.generation.dyllm_sampler import _categorical, _top_p, dyllm_sample
 from dllm_accel.methods.base import ForwardStrategy
 from dllm_accel.methods.dyllm import DyLLM, _shift, step_kind
 from dllm_accel.methods.dyllm_kernel import KERNELS, KernelQuirks, compute_dtype, context_delta
+from dllm_accel.profiling import OpCounter
 
 FAMILIES = ("llada", "dream")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -584,3 +585,44 @@ def test_triton_kernel_matches_the_pytorch_path_interpreted():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
     run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_categorical_draw_without_a_host_read_is_the_distributions():
+    probs = torch.softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(0)), dim=-1)
+    fallback = torch.arange(5)
+    torch.manual_seed(3)
+    expected = torch.distributions.Categorical(probs=probs).sample()
+    torch.manual_seed(3)
+    assert torch.equal(_categorical(probs, fallback), expected)
+    broken = probs.clone()
+    broken[2, 0] = float("nan")  # the distribution refuses it and the engine keeps the argmax
+    assert torch.equal(_categorical(broken, fallback), fallback)
+
+
+# -- host reads and launches (issue 15) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["dyllm", "combined_dyllm_dual"])
+def test_one_host_read_per_layer_and_launches_near_vanilla(method, family, batch):
+    """Per step at most the loop's one read plus one per layer (the widest row's salient count);
+    the statistics are read once, after the last step; launches per layer within 1.5x vanilla's."""
+    model = tiny_model(family)
+    ids = prompts(batch, 12)
+    mask = torch.ones_like(ids)
+    mask[1:, :3] = 0
+    settings = {"gen_length": 32, "steps": 32, "block_length": 16}
+    if method == "dyllm":
+        settings |= {"sampler": "dyllm", "top_p": 1.0, "eos_early_exit": True, "temperature": 0.7}
+    counted = {}
+    for name in ("vanilla", method):
+        torch.manual_seed(0)
+        with OpCounter(model) as counter:
+            generate(model, ids, mask if batch > 1 else None, method=name, **settings)
+        counted[name] = counter.counts
+    ours, layers = counted[method], model.spec.n_layers
+    assert ours.max_syncs_per_layer == 1
+    assert max(r.syncs for r in ours.steps[:-1]) <= 1 + layers
+    assert ours.steps[-1].syncs <= 2 + layers  # the statistics' one read at the end
+    assert ours.launches_per_layer <= 1.5 * counted["vanilla"].launches_per_layer

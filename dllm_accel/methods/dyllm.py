@@ -28,7 +28,7 @@ from ..generation.canvas import Canvas, Commit
 from ..generation.settings import SettingsError
 from ..models.core import Block, DiffusionTransformer
 from ..models.rope import RopeTable
-from .base import ForwardStrategy, MethodConfig
+from .base import ForwardStrategy, MethodConfig, scored_rows
 from .dyllm_kernel import KERNELS, compute_dtype, cosine, update_context
 from .registry import register
 
@@ -159,10 +159,10 @@ class DyLLM(ForwardStrategy):
             self.starts = (~canvas.key_mask).sum(dim=1)
         self.rope = self._rope(model, positions)
         self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
-        self.logits = torch.empty(batch, length, model.spec.vocab_size, dtype=model.dtype, device=device)
+        self.logits = torch.empty(batch, 0, model.spec.vocab_size, dtype=model.dtype, device=device)
         self.seed = torch.zeros_like(canvas.x, dtype=torch.bool)
         self.columns = torch.arange(length, device=device)
-        self.sink = torch.tensor(length, device=device)
+        self.sink = torch.full((), length, device=device)
         self.trace: list[StepRecord] = []
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
@@ -177,8 +177,9 @@ class DyLLM(ForwardStrategy):
             hidden = self._sparse(model, canvas, queries, running, record)
         canvas.nfe += 1
         self.trace.append(record)
-        self._write_logits(model, hidden, queries, running)
-        return self.logits[:, queries], queries
+        canvas.pass_rows = queries
+        rows = scored_rows(canvas, queries)
+        return self._write_logits(model, hidden, queries, rows, running), rows
 
     def plan(self, canvas: Canvas) -> tuple[str, slice]:
         """This step's kind and query rows: every row, or the response rows on pruned steps (spec B.4).
@@ -195,25 +196,29 @@ class DyLLM(ForwardStrategy):
     def finish(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         kinds = [r.kind for r in self.trace]
         canvas.stats.update({f"dyllm_{k}_steps": float(kinds.count(k)) for k in (FULL, SPARSE, PRUNED)})
-        fractions = self.salient_fractions
-        if fractions.numel():
-            canvas.stats["salient_fraction_mean"] = float(fractions.mean())
-            for q in (0.1, 0.5, 0.9):
-                canvas.stats[f"salient_fraction_p{int(q * 100)}"] = float(fractions.quantile(q))
-            for layer, value in enumerate(fractions.mean(dim=0).tolist()):
-                canvas.stats[f"salient_fraction_layer{layer}"] = value
+        rows = self._fractions().tolist()  # the generation's one read of its statistics
+        if not rows:
+            return
+        values = sorted(v for row in rows for v in row)
+        canvas.stats["salient_fraction_mean"] = sum(values) / len(values)
+        for q in (0.1, 0.5, 0.9):
+            canvas.stats[f"salient_fraction_p{int(q * 100)}"] = _quantile(values, q)
+        for layer, column in enumerate(zip(*rows, strict=True)):
+            canvas.stats[f"salient_fraction_layer{layer}"] = sum(column) / len(column)
 
     @property
     def salient_fractions(self) -> torch.Tensor:
         """[sparse steps, layers]: the per-step, per-layer salient fractions of this generation
-        (share of the step's query rows of running requests); one host read for all of them."""
+        (share of the step's query rows of running requests)."""
+        return self._fractions().cpu()
+
+    def _fractions(self) -> torch.Tensor:
         sparse = [r for r in self.trace if r.kind != FULL]
         if not sparse:
             return torch.zeros(0, len(self.caches), dtype=torch.float64)
         counts = torch.stack([torch.stack(r.counts).sum(dim=1) for r in sparse]).double()
         queried = torch.stack([torch.as_tensor(r.queried, device=counts.device) for r in sparse])
-        queried = queried.double().clamp(min=1)
-        return (counts / queried[:, None]).cpu()
+        return counts / queried.double().clamp(min=1)[:, None]
 
     # -- passes -----------------------------------------------------------------------
     def _full(self, model: DiffusionTransformer, ids: torch.Tensor) -> torch.Tensor:
@@ -328,15 +333,30 @@ class DyLLM(ForwardStrategy):
         return RopeTable(positions, s.rope_dim, s.rope_theta, in_fp32, model.dtype, s.rope_scaling)
 
     def _write_logits(
-        self, model: DiffusionTransformer, hidden: torch.Tensor, queries: slice, running: torch.Tensor | None
-    ) -> None:
-        """Final norm and head into the generation's logits buffer, row by row (no new [B, T, V])."""
-        normed = model.final_norm(hidden)
-        if model.spec.logit_shift:
-            normed = _shift(normed, self.config.dream_packed_shift, running)
+        self,
+        model: DiffusionTransformer,
+        hidden: torch.Tensor,
+        queries: slice,
+        rows: slice,
+        running: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Logits of ``rows`` (the ones the policy reads) from the last hidden states of the query
+        rows: final norm and head over those rows only, written row by row into a buffer kept
+        across steps (grown to the widest read), so no step allocates a [B, R, V] tensor."""
+        start, width = rows.start - queries.start, rows.stop - rows.start
+        if model.spec.logit_shift and start == 0:  # the pass's first row has no state before it
+            states = _shift(hidden, self.config.dream_packed_shift, running)[:, :width]
+        elif model.spec.logit_shift:
+            states = hidden[:, start - 1 : start - 1 + width]
+        else:
+            states = hidden[:, start : start + width]
+        normed = model.final_norm(states)
+        if self.logits.shape[1] < width:
+            self.logits = self.logits.new_empty(self.logits.shape[0], width, self.logits.shape[2])
         weight = model.head.weight.t()
         for row in range(normed.shape[0]):
-            torch.mm(normed[row], weight, out=self.logits[row, queries])
+            torch.mm(normed[row], weight, out=self.logits[row, :width])
+        return self.logits[:, :width]
 
     def _record(self, record: StepRecord, salient: torch.Tensor, queries: slice, canvas: Canvas) -> None:
         if record.salient is not None:
@@ -361,6 +381,14 @@ def _shift(x: torch.Tensor, packed: bool, running: torch.Tensor | None = None) -
     has = (previous >= 0).view(-1, *[1] * (x.dim() - 2))
     shifted[:, 0] = torch.where(has, x[previous.clamp(min=0), -1], x[:, 0])
     return shifted
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """``torch.quantile``'s linear interpolation over sorted values."""
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _along(index: torch.Tensor, dim: int, like: torch.Tensor) -> torch.Tensor:
