@@ -119,3 +119,35 @@ def test_padded_prompts_and_unknown_settings_are_refused():
     # other samplers' options at their defaults (what the evaluator passes) are ignored
     out = generate(model, prompt, gen_length=8, block_length=8, alg="entropy", remasking="low_confidence")
     assert out.sequences.shape == (2, 11)
+
+
+@pytest.mark.parametrize("method", ["vanilla", *_non_vanilla_methods()])
+def test_every_method_runs_on_llada_moe(method):
+    """LLaDA-MoE is bidirectional: every method composes the MoE block's primitives and fills every mask."""
+    model = family_model("llada-moe-tiny")
+    prompt = torch.randint(0, 700, (2, 12), generator=torch.Generator().manual_seed(0))
+    out = generate(model, prompt, method=method, gen_length=16, steps=16, block_length=8)
+    assert out.sequences.shape == (2, 28) and not (out.sequences == model.spec.tokens.mask).any()
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("fast_dllm", {"mode": "none"}), ("dllm_cache", {"prompt_interval_steps": 1, "gen_interval_steps": 1})],
+)
+def test_reuse_switched_off_equals_vanilla_on_llada_moe(method, options):
+    model = family_model("llada-moe-tiny")
+    prompt = torch.randint(0, 700, (2, 12), generator=torch.Generator().manual_seed(1))
+    settings = {"gen_length": 16, "steps": 16, "block_length": 8}
+    vanilla = generate(model, prompt, **settings)
+    assert torch.equal(generate(model, prompt, method=method, **options, **settings).sequences, vanilla.sequences)
+
+
+@pytest.mark.parametrize(("name", "extra"), [("llada2-mini-tiny", {}), ("llada21-mini-tiny", {"max_post_steps": 3})])
+def test_block_diffusion_rows_equal_their_batch_1_runs(name, extra):
+    model = family_model(name)
+    prompts = torch.randint(0, 900, (3, 13), generator=torch.Generator().manual_seed(2))
+    settings = {"gen_length": 24, "block_length": 8, "steps": 8, "threshold": 0.3, **extra}
+    batched = generate(model, prompts, **settings)
+    for row in range(3):
+        alone = generate(model, prompts[row : row + 1], **settings)
+        assert torch.equal(batched.sequences[row], alone.sequences[0])

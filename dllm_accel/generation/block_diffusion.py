@@ -203,17 +203,21 @@ def block_diffusion_generate(
     for index in range(first, num_blocks):
         start = index * block
         in_prompt = torch.arange(start, start + block, device=device) < prompt_length
-        post_steps, step = 0, 0
+        settled = stopped.clone()  # rows whose block takes no more commits (each row as if run alone)
+        post_steps = torch.zeros(batch, dtype=torch.long, device=device)
+        step = 0
         while True:
             current = x[:, start : start + block]
-            active = (current == mask_id) & ~stopped[:, None]
-            masks_left = bool(active.any())  # the one host read of the step
-            if editing is None and (not masks_left or step >= len(schedule)):
+            has_masks = (current == mask_id).any(dim=1)
+            if editing is None:
+                settled |= ~has_masks
+            else:
+                post_steps += ~has_masks & ~settled
+                settled |= post_steps > s.max_post_steps
+            if bool(settled.all()) or (editing is None and step >= len(schedule)):  # the one host read of the step
                 break
-            if editing is not None and not masks_left:
-                post_steps += 1
-                if post_steps > s.max_post_steps:
-                    break
+            live = ~settled[:, None]
+            active = (current == mask_id) & live
             hidden = cache.run(model, x[:, cached : start + block], cached)
             cached = start
             nfe += 1
@@ -222,16 +226,16 @@ def block_diffusion_generate(
             count = s.num_to_transfer if editing is not None else schedule[step]
             commit = _threshold_commit(probs, active, s.threshold, count)
             if editing is not None:
-                edits = (probs > editing) & (current != mask_id) & ~in_prompt & (tokens != current) & ~stopped[:, None]
+                edits = (probs > editing) & (current != mask_id) & ~in_prompt & (tokens != current) & live
                 commit = commit | edits
+                settled |= ~has_masks & ~edits.any(dim=1)
             x[:, start : start + block] = torch.where(commit, tokens, current)
             if editing is None and s.eos_early_stop:
                 stopped |= _eos_settled(x[:, prompt_length:], commit & (tokens == eos_id), eos_id, mask_id)
+                settled |= stopped
             step += 1
             if history is not None:
                 history.append(x[:, : prompt_length + s.gen_length].clone())
-            if editing is not None and not masks_left and not bool(edits.any()):
-                break
         generated = x[:, prompt_length : start + block]
         if editing is None or s.eos_early_stop:
             done = (generated == eos_id).any(dim=1)
