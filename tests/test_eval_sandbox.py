@@ -17,19 +17,21 @@ from hostile_corpus import ATTACKS, bodies, indent
 from dllm_accel.eval import code_tasks, sandbox
 from dllm_accel.eval.data import default_data_dir, read_jsonl
 from dllm_accel.eval.sandbox import Limits, SandboxUnavailable, run_check
+from dllm_accel.eval.sandbox_child import importable
 
 LIMITS = Limits(timeout_s=3.0, memory_mb=1024, file_size_mb=4)
 SECRET = "wandb-secret-3f9a1c"
 DATA = default_data_dir()
-CHILD_MARK = "SolutionLost"  # a word of the child's source, which is on every sandbox command line
 
 
-def _sandbox_pids() -> set[str]:
+def _sandbox_pids(owner: int | None = None) -> set[str]:
+    """Sandbox processes started by ``owner`` (this process by default; other test runs may share the host)."""
+    tag = f"{sandbox.OWNER_TAG}{owner or os.getpid()}".encode() + b"\0"
     found = set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if CHILD_MARK.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if tag in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.add(pid)
             except OSError:
                 continue
@@ -227,17 +229,25 @@ def test_a_killed_runner_leaves_no_sandbox_processes(tmp_path):
         "from dllm_accel.eval.sandbox import run_check, Limits\n"
         "run_check('import time\\ntime.sleep(60)\\n', 'x = 1\\n', Limits(timeout_s=60))\n"
     )
-    before = _sandbox_pids()
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-
     runner = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.monotonic() + 30
-    while len(_sandbox_pids() - before) < 2 and time.monotonic() < deadline:
+    while len(_sandbox_pids(runner.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_sandbox_pids() - before) >= 2
+    assert len(_sandbox_pids(runner.pid)) >= 2
+    time.sleep(0.5)
     runner.kill()
     runner.wait()
     deadline = time.monotonic() + 20
-    while _sandbox_pids() - before and time.monotonic() < deadline:
+    while _sandbox_pids(runner.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _sandbox_pids() - before == set()
+    assert _sandbox_pids(runner.pid) == set()
+
+
+def test_a_solution_cannot_answer_for_the_tests_builtins_or_import_for_them():
+    solution = "def abs(x):\n    return 0\ndef f():\n    return 5\n"
+    result = run_check(solution, "assert abs(f() - 3) < 1e-6\n", LIMITS)
+    assert result.status == "failed" and "AssertionError" in result.stderr
+    assert run_check("def f():\n    return 3\n", "assert abs(f() - 3) < 1e-6\n", LIMITS).passed
+    assert importable("math") and importable("numpy.linalg") and importable("collections.abc")
+    assert not any(map(importable, ["unittest.__main__", "json.__main__", "antigravity", "idlelib", "os2"]))

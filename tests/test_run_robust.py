@@ -210,14 +210,13 @@ def test_hostile_stored_completions_score_zero_through_the_cli_and_touch_nothing
             record.update(status="ok", completion=indent(attack), error=None)
         (run / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in records))
         summary_path.unlink()
-        before = _sandbox_pids()
-        hostile = _cli(tmp_path, *settings, env={"WANDB_API_KEY": SECRET})
-        assert hostile.returncode == 0, hostile.stderr[-2000:]
+        hostile = _cli(tmp_path, *settings, env={"WANDB_API_KEY": SECRET}, background=True)
+        assert hostile.wait(timeout=600) == 0
         summary = json.loads(summary_path.read_text())
         assert summary["n_samples"] == len(ATTACKS) and summary["accuracy"]["value"] == 0.0
         time.sleep(9)  # longer than the forked survivor's sleep
         assert host.effects() == []
-        assert _sandbox_pids() - before == set()
+        assert _sandbox_pids(hostile.pid) == set()
         for path in tmp_path.rglob("*"):
             if path.is_file():
                 assert SECRET.encode() not in path.read_bytes() or path.name == "secret.txt", path

@@ -42,6 +42,7 @@ from pathlib import Path
 
 ISOLATION = ("auto", "bwrap", "unshare", "none")
 ISOLATION_ENV = "DLLM_ACCEL_CODE_ISOLATION"
+OWNER_TAG = "dllm-sandbox-owner="
 _OUTPUT_CAP = 4096
 _CHILD = Path(__file__).with_name("sandbox_child.py")
 _ROOT_SETUP = Path(__file__).with_name("sandbox_root.py")
@@ -288,6 +289,7 @@ def _spawn(
 ) -> subprocess.Popen:
     inner = [sys.executable, "-I", "-c", _CHILD.read_text(), role, *map(str, fds)]
     inner.append(_limit_values(limits, nproc=os.getuid() != 0 or group.path is None))
+    inner.append(f"{OWNER_TAG}{os.getpid()}")  # names the runner on the command line (ps, tests)
     prefix = {"bwrap": bwrap_argv, "unshare": unshare_argv}.get(mode)
     argv = inner if prefix is None else [*prefix(limits), *inner]
     return subprocess.Popen(
