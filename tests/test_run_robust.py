@@ -194,6 +194,25 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
     assert kills >= 8  # most kills landed before the run could finish on its own
 
 
+@pytest.mark.slow
+def test_a_group_stored_in_part_is_generated_whole_and_completes_identically(tmp_path):
+    """A kill between the lines of one group's write (or a quarantined line) leaves a group in part."""
+    settings = ["task=gsm8k", "task.limit=8", "batch_size=4", "sampler.temperature=1.0"]
+    assert _cli(tmp_path / "ref", *settings).returncode == 0
+    (ref_summary,) = (tmp_path / "ref" / "results").rglob(SUMMARY)
+    work = tmp_path / "part"
+    shutil.copytree(tmp_path / "ref", work)
+    (summary,) = (work / "results").rglob(SUMMARY)
+    summary.unlink()
+    records = read_samples(summary.parent)
+    kept = [r for r in records if r["doc_id"] not in (1, 6, 7)]  # both groups in part
+    (summary.parent / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    resumed = _cli(work, *settings)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _comparable(read_samples(summary.parent)) == _comparable(read_samples(ref_summary.parent))
+    assert _summary_view(summary.parent) == _summary_view(ref_summary.parent)
+
+
 # ------------------------------------------------------------------ hostile completions through the CLI
 @pytest.mark.slow
 def test_hostile_stored_completions_score_zero_through_the_cli_and_touch_nothing(tmp_path):
