@@ -49,6 +49,7 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("fast_dllm_dual", "threshold", [0.7, 0.9]),
     ("dllm_cache", "gen_interval_steps", [2, 7, 16]),
     ("dllm_cache", "prompt_interval_steps", [2, 10, 100]),
+    ("dkv_cache", "refresh_interval", [1, 2, 4, 8, 16]),
 ]
 
 
