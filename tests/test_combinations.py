@@ -30,6 +30,7 @@ from dllm_accel.generation.parallel import (
 )
 from dllm_accel.generation.policy_choice import build_policy
 from dllm_accel.generation.rules import available_rules, rule_class
+from dllm_accel.generation.rules.certainty_prior import CertaintyPriorPolicy
 from dllm_accel.methods.combined_dyllm_dual import DyLLMDualCache
 from dllm_accel.methods.dyllm import FULL, SPARSE
 from dllm_accel.methods.fast_dllm import UntilBlockDone
@@ -67,7 +68,10 @@ TUNED = {
         "dkv_cache": {"refresh_interval": 4, "first_pass_caches": True},
         "dkv_cache_prefill": {"variant": "prefill", "first_pass_caches": True},
     },
+    "d2_cache": {"d2_cache": {"current_k": 2}},
 }
+# strategies that decode with one registered rule only, and the error they give for any other
+ONLY_RULE = {"d2_cache": ("certainty_prior", "decode it with policy='certainty_prior'")}
 
 
 def matrix_strategies() -> dict[str, tuple[str, dict]]:
@@ -104,6 +108,7 @@ REUSED = {
     "combined_dyllm_dual": lambda stats: stats["dyllm_sparse_steps"] > 0 and stats["salient_fraction_mean"] < 1,
     "dkv_cache": lambda stats: stats["cached_passes"] > 0,
     "dkv_cache_prefill": lambda stats: stats["cached_passes"] > 0,
+    "d2_cache": lambda stats: stats["cached_passes"] > 0,
 }
 
 
@@ -124,8 +129,16 @@ def policy_settings(policy: str, family: str) -> dict:
 
 def documented_error(strategy: str, policy: str, family: str) -> str | None:
     """The error a pair that cannot compose must raise (None: it must run)."""
+    name = STRATEGIES[strategy][0]
     if policy in available_rules():
-        return rule_error(strategy, policy, family)
+        error = rule_error(strategy, policy, family)
+        if error is None and name in ONLY_RULE and policy != ONLY_RULE[name][0]:
+            return ONLY_RULE[name][1]
+        return error
+    if policy == "factor" and family == "dream":
+        return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
+    if name in ONLY_RULE:
+        return ONLY_RULE[name][1]
     if policy == "factor" and family == "dream":
         return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
     if strategy in CACHED_FAST_DLLM and policy.startswith("dyllm_engine"):
@@ -507,6 +520,7 @@ EXPECTED_POLICY = {
     "combined_dyllm_threshold": {"llada": DyLLMThresholdPolicy, "dream": DyLLMThresholdPolicy},
     "combined_dyllm_dual": {"llada": ThresholdPolicy, "dream": DreamBlockPolicy},
     "combined_dkv_cache_threshold": {"llada": ThresholdPolicy, "dream": QuotaThresholdPolicy},
+    "combined_d2_cache_threshold": {"llada": CertaintyPriorPolicy, "dream": CertaintyPriorPolicy},
 }
 
 
