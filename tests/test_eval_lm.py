@@ -93,6 +93,27 @@ def test_out_of_memory_and_timeouts_are_sample_statuses(tmp_path, monkeypatch):
     assert slow.records["t/0/0"]["status"] == "timeout"
 
 
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")],
+)
+def test_a_cpu_out_of_memory_is_a_sample_status_and_retried_on_request(tmp_path, monkeypatch, error):
+    store = RunStore(tmp_path)
+
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(lm_module, "generate", exhausted)
+    assert _lm("llada", store=store).generate_until(_requests(CONTEXTS[:2])) == ["", ""]
+    assert {r["status"] for r in store.records.values()} == {"oom"}
+    monkeypatch.undo()
+    kept = RunStore(tmp_path)
+    _lm("llada", store=kept).generate_until(_requests(CONTEXTS[:2]))
+    assert {r["status"] for r in RunStore(tmp_path).records.values()} == {"oom"}  # stored failures stand
+    _lm("llada", store=RunStore(tmp_path, retry_failed=True)).generate_until(_requests(CONTEXTS[:2]))
+    assert {r["status"] for r in RunStore(tmp_path).records.values()} == {"ok"}
+
+
 def test_finished_samples_are_answered_from_the_store(tmp_path, monkeypatch):
     first = _lm("llada", store=RunStore(tmp_path)).generate_until(_requests())
 
