@@ -114,3 +114,22 @@ def test_a_point_names_its_folder_and_wandb_run_and_records_resolved_settings(tm
     assert config["resolved"]["sampler"]["steps"] == 16 and config["resolved"]["sampler"]["sampler"] == "llada"
     environment = config["environment"]
     assert environment["git"]["commit"] and environment["torch"] and "gpu" in environment
+
+
+def test_a_sweep_logs_one_summary_run_in_its_group_with_speedups(tmp_path, monkeypatch):
+    import wandb
+    from omegaconf import OmegaConf
+
+    from dllm_accel.eval.report import speedups
+    from dllm_accel.tracking import log_sweep
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **init: runs.append(_FakeRun(**init)) or runs[-1])
+    config = OmegaConf.create({"tracking": "offline", "wandb_project": "p", "experiment_name": "sweep_x",
+                               "hydra": {"sweep": {"dir": str(tmp_path / "2026-12-03_09-00-00")}}})  # fmt: skip
+    rows = [_summary("vanilla", "vanilla", 5.0), _summary("sparse_dllm keep_ratio=0.25", "sparse_dllm", 10.0)]
+    log_sweep(config, rows, speedups(rows))
+    (run,) = runs
+    assert run.init["group"] == "sweep_x-2026-12-03_09-00-00" and run.init["job_type"] == "sweep"
+    assert run.summary["speedup_vs_vanilla/m/gsm8k/sparse_dllm keep_ratio=0.25"] == 2.0
+    assert "points" in run.logged[-1]
