@@ -114,8 +114,9 @@ MARKERS = "os^vDPX*hp<>"
 
 def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition: str = "all_positions") -> list[Path]:
     """One figure per experiment, model and task, so a front never mixes settings of different
-    experiments (shots, prompts, lengths). Colour = method; error bars are our accuracy's 95% interval
-    (1.96 standard errors of the per-sample scores); the front's points are ringed and named."""
+    experiments (shots, prompts, lengths). Colour = method; error bars are 95% intervals (accuracy: 1.96
+    standard errors of the per-sample scores, clipped to 0-100; throughput: bootstrap over batches); the
+    front's points are ringed and named."""
     column = f"throughput_{definition}"
     usable = runs.dropna(subset=["accuracy", column]) if not runs.empty else runs
     paths = []
@@ -123,9 +124,11 @@ def pareto_figures(runs: pd.DataFrame, out: Path, banner: str | None, definition
         fig, ax = plt.subplots(figsize=(8, 5.2))
         marker = {experiment: MARKERS[0]}
         for label, mine in group.groupby("label"):
-            errors = 1.96 * pd.to_numeric(mine.get("accuracy_se"), errors="coerce").fillna(0.0)
-            ax.errorbar(mine[column], mine["accuracy"], yerr=errors, fmt="none", ecolor=color(label), elinewidth=1,
-                        capsize=3, zorder=2.5)
+            half = 1.96 * pd.to_numeric(mine.get("accuracy_se"), errors="coerce").fillna(0.0)
+            below, above = half.clip(upper=mine["accuracy"]), half.clip(upper=100 - mine["accuracy"])  # within 0-100
+            rse = pd.to_numeric(mine.get(f"{column}_rse"), errors="coerce").fillna(0.0)
+            ax.errorbar(mine[column], mine["accuracy"], yerr=[below, above], xerr=1.96 * rse * mine[column], fmt="none",
+                        ecolor=color(label), elinewidth=1, capsize=3, zorder=2.5)
             ax.scatter(mine[column], mine["accuracy"], s=46, color=color(label), marker=marker[experiment], zorder=3,
                        edgecolor="black", linewidth=0.4)
         front = pareto_front(group, column, "accuracy")
@@ -186,7 +189,10 @@ def length_figures(samples: pd.DataFrame, reported: pd.DataFrame | None, out: Pa
         for (label, scaling), mine in sorted(group.groupby(["label", "rope_scaling"]), key=lambda kv: method_rank(kv[0][0])):
             mine = mine.groupby("target_len").mean(numeric_only=True).reset_index()
             name = label + ("" if scaling == 1.0 else f", RoPE θ×{scaling:g}") + " (ours)"
-            speed.plot(mine["target_len"], mine["throughput_all_positions"], marker="o", color=color(label), label=name)
+            rse = mine["throughput_all_positions_rse"] if "throughput_all_positions_rse" in mine else None
+            errors = None if rse is None else (1.96 * rse * mine["throughput_all_positions"]).fillna(0.0)
+            speed.errorbar(mine["target_len"], mine["throughput_all_positions"], yerr=errors, marker="o", capsize=3,
+                           color=color(label), label=name)  # 95% interval: bootstrap over batches
             if mine["peak_memory_gib"].notna().any():
                 memory.plot(mine["target_len"], mine["peak_memory_gib"], marker="o", color=color(label), label=name)
         table = BY_EXPERIMENT.get(experiment)
