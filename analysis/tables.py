@@ -116,9 +116,9 @@ METRIC_ORDER = ("accuracy", "throughput", "speedup", "tokens_per_step", "peak_me
 MARKS = {"pass": "✓", "fail": "✗", "missing": "", "ours only": "", "info": "", "OOM": ""}
 
 
-def _cell(rows: pd.DataFrame, metrics: list[str]) -> str:
-    """One cell of the paper's grid: per metric of the grid (in its order; ``·`` where this cell has
-    none), ours (± 95%) / the paper's and the verdict mark."""
+def _cell(rows: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """One cell of the paper's grid, a line per metric of the grid (in its order; ``·`` where this cell
+    has none): ours (± 95%) / the paper's and the verdict mark."""
     lines = []
     for metric in metrics:
         chosen = rows[rows["metric"] == metric]
@@ -130,17 +130,20 @@ def _cell(rows: pd.DataFrame, metrics: list[str]) -> str:
         ours = fmt_ours(r) if not _missing(r["ours"]) else ("OOM" if r["verdict"] == "OOM" else "—")
         mark = MARKS.get(r["verdict"], "")
         lines.append(f"{ours} / {paper}{(' ' + mark) if mark else ''}")
-    return "<br>".join(lines)
+    return lines
 
 
 def _metric_rank(metric: str) -> int:
     return METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER)
 
 
-def paper_layout(part: pd.DataFrame, table: PaperTable, task_order: list[str] | None = None) -> list[str]:
+def paper_grid(
+    part: pd.DataFrame, table: PaperTable, task_order: list[str] | None = None
+) -> tuple[list[str], list[str], list[list[list[str]]]]:
     """The paper's grid: methods as columns and (task, setting) as rows, or the transpose
-    (``PaperTable.rows``), as the paper prints it; each cell ours / paper per metric. Tasks keep
-    the paper's order (``task_order``: as transcribed), methods the papers' row order."""
+    (``PaperTable.rows``), as the paper prints it. Returns (metrics, header, rows of cells, each a
+    list of lines). Tasks keep the paper's order (``task_order``: as transcribed), methods the
+    papers' row order."""
     rows_key, columns_key = ("task", "method") if table.rows == "task" else ("method", "task")
     order = {task: i for i, task in enumerate(task_order or [])}
 
@@ -151,29 +154,54 @@ def paper_layout(part: pd.DataFrame, table: PaperTable, task_order: list[str] | 
     row_names = list(dict.fromkeys(zip(part[rows_key], part["setting"].fillna(""), strict=True)))
     row_names.sort(key=lambda name: rank(rows_key, name[0]))
     metrics = sorted(set(part["metric"]), key=_metric_rank)
-    lines = [
-        f"Ours / paper; accuracy as ours ± 95% interval; ✓ pass, ✗ fail. Metrics per cell: {', '.join(metrics)}.",
-        "",
-        f"| {rows_key} | setting | " + " | ".join(columns) + " |",
-        "|---|---|" + "---|" * len(columns),
-    ]
+    rows = []
     for name, setting in row_names:
         mine = part[(part[rows_key] == name) & (part["setting"].fillna("") == setting)]
-        cells = [_cell(mine[mine[columns_key] == column], metrics) for column in columns]
-        lines.append(f"| {name} | {setting} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        rows.append([[name], [setting], *(_cell(mine[mine[columns_key] == column], metrics) for column in columns)])
+    return metrics, [rows_key, "setting", *columns], rows
+
+
+GRID_NOTE = "Ours / paper; ours as value ± 95% interval; ✓ pass, ✗ fail. Lines per cell: {}."
+
+
+def paper_layout(part: pd.DataFrame, table: PaperTable, task_order: list[str] | None = None) -> list[str]:
+    """The paper's grid as Markdown (a cell's lines joined by ``<br>``)."""
+    metrics, header, rows = paper_grid(part, table, task_order)
+    lines = [GRID_NOTE.format(", ".join(metrics)), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join("<br>".join(cell).replace("|", "\\|") for cell in row) + " |")
     return lines
 
 
+def paper_layout_tex(part: pd.DataFrame, table: PaperTable, caption: str, task_order: list[str] | None = None) -> list[str]:
+    """The paper's grid as a ``table`` (a cell's lines stacked with ``\\shortstack``)."""
+    metrics, header, rows = paper_grid(part, table, task_order)
+
+    def cell(lines: list[str]) -> str:
+        texts = [_tex(line) for line in lines]
+        return texts[0] if len(texts) == 1 else r"\shortstack[l]{" + r"\\".join(texts) + "}"
+
+    out = [r"\begin{table}", r"\centering", r"\small", rf"\caption{{{_tex(caption)} {_tex(GRID_NOTE.format(', '.join(metrics)))}}}",
+           r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(_tex(h) for h in header) + r" \\",
+           r"\midrule"]
+    out += [" & ".join(cell(c) for c in row) + r" \\" for row in rows]
+    return [*out, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+
+
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "×": r"$\times$", "—": "--"}
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "×": r"$\times$", "—": "--",
+               "±": r"$\pm$", "✓": "pass", "✗": "fail", "·": "."}
 
 
 def _tex(text: str) -> str:
     return "".join(TEX_ESCAPES.get(char, char) for char in text)
 
 
-def latex(frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | None) -> str:
-    """A ``longtable`` per (paper table, model); needs ``booktabs`` and ``longtable``."""
+def latex(
+    frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | None, task_order: list[str] | None = None
+) -> str:
+    """Per (paper table, model) the paper's grid, then every number in a ``longtable``; needs ``booktabs``
+    and ``longtable``."""
     out = [f"% {table.title} (experiment {table.experiment}); {bands.describe()}"]
     if banner:
         out.append(f"% {banner}")
@@ -181,6 +209,7 @@ def latex(frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | No
         caption = f"{table.title}: table {paper_table}, {model}. Ours beside the paper's. {bands.describe()}"
         if banner:
             caption = f"{banner}. {caption}"
+        out += paper_layout_tex(part, table, caption, task_order)
         out += [
             r"\begin{longtable}{lllllrrll}",
             rf"\caption{{{_tex(caption)}}}\\",
@@ -299,7 +328,7 @@ def write_tables(
         printed = reported[(reported["paper"] == table.paper) & reported["table"].isin(table.tables)]
         task_order = list(dict.fromkeys(printed["task"]))
         (out / f"{table.experiment}.md").write_text(markdown(frame, table, count, bands, banner, task_order))
-        (out / f"{table.experiment}.tex").write_text(latex(frame, table, bands, banner))
+        (out / f"{table.experiment}.tex").write_text(latex(frame, table, bands, banner, task_order))
         frame.to_csv(out / f"{table.experiment}.csv", index=False)
         written.append(out / f"{table.experiment}.md")
         index.append(f"| [{table.title}]({table.experiment}.md) | {count} | {verdict_counts(frame)} |")

@@ -167,6 +167,8 @@ def test_tables_are_written_as_markdown_latex_and_csv(store, tmp_path):
     assert set(dyllm["verdict"]) == {"missing"} and dyllm["ours"].isna().all()  # no DyLLM runs: nothing filled in
     tex = (tmp_path / "fast_dllm_table1.tex").read_text()
     assert r"\begin{longtable}" in tex and r"fast\_dllm\_prefix" in tex and "79.30" in tex
+    assert r"task & setting & vanilla & fast\_dllm\_prefix" in tex  # the paper's grid first
+    assert r"\shortstack[l]{80.00 $\pm$ 26.13 / 79.30 pass\\10.00" in tex
     assert pd.read_csv(tmp_path / "fast_dllm_table1.csv")["verdict"].isin(["pass", "fail", "missing", "info", "ours only"]).all()
     assert "fast_dllm_table1.md" in (tmp_path / "index.md").read_text()
     with pytest.raises(ValueError, match="unknown paper table.*no_such_table"):
