@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from dllm_accel import generate, load_model
+from dllm_accel.methods import build_method
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINTS = sorted(p.parent.name for p in FIXTURES.glob("*/cases.json"))
@@ -124,9 +125,14 @@ def test_padded_prompts_and_unknown_settings_are_refused():
 @pytest.mark.parametrize("method", ["vanilla", *_non_vanilla_methods()])
 def test_every_method_runs_on_llada_moe(method):
     """LLaDA-MoE is bidirectional: every method composes the MoE block's primitives and fills every mask."""
+    import yaml
+
+    preset = yaml.safe_load((Path(__file__).parents[1] / "conf" / "method" / f"{method}.yaml").read_text())
     model = family_model("llada-moe-tiny")
     prompt = torch.randint(0, 700, (2, 12), generator=torch.Generator().manual_seed(0))
-    out = generate(model, prompt, method=method, gen_length=16, steps=16, block_length=8)
+    strategy = build_method(method, **(preset.get("options") or {}))
+    settings = {**(preset.get("sampler") or {}), "gen_length": 16, "steps": 16, "block_length": 8}
+    out = generate(model, prompt, method=strategy, **settings)
     assert out.sequences.shape == (2, 28) and not (out.sequences == model.spec.tokens.mask).any()
 
 
