@@ -9,6 +9,8 @@ eager rounds at is rounded at in the fused kernels too, so bf16 outputs stay ide
 - the small primitives every method composes (RMSNorm, RoPE, the SwiGLU gate) are marked
   ``@fusable``: inside a compiled pass they are traced like any code, and in a method whose
   pass is not compiled as a whole (data-dependent rows) each runs as one fused kernel.
+  RoPE and SwiGLU are bit-identical to eager; RMSNorm's fused sum differs by an ulp, so a
+  method whose picks hang on such differences opts out with ``eager()`` (dLLM-Cache).
 
 Compilation is switched on per generation by ``compiling(True)`` (the loop, decorated with
 ``honours_compile_setting``, does it when ``settings.compile``). Shapes that change between prompts are compiled dynamically after
@@ -53,6 +55,18 @@ def compiling(on: bool) -> Iterator[None]:
     _state["enabled"] = previous or on
     if _state["enabled"]:
         _configure()
+    try:
+        yield
+    finally:
+        _state["enabled"] = previous
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run the enclosed code eagerly even under ``compile``: for a method whose decisions hang on
+    sub-ulp differences (fused reductions round differently from aten's), exactness comes first."""
+    previous = _state["enabled"]
+    _state["enabled"] = False
     try:
         yield
     finally:
