@@ -29,6 +29,7 @@ embedding to the next (the forward, the policy, the loop's block-end check) is t
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
@@ -250,3 +251,25 @@ def _caller() -> str:
         if "dllm_accel" in frame.filename and not frame.filename.endswith("profiling.py"):
             return f"{frame.filename.split('dllm_accel/')[-1]}:{frame.lineno} {frame.name}"
     return "?"
+
+
+# a kernel call in inductor's wrapper code: a generated CPU/Triton kernel, an extern kernel or an aten fallback
+_KERNEL_CALL = re.compile(r"^\s+(cpp_fused_\w+\(|triton_\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.aten\.\w+)", re.M)
+
+
+def compiled_launches_per_layer(model: DiffusionTransformer, input_ids: torch.Tensor) -> float:
+    """Kernel launches per layer of the dense pass as ``compile=True`` runs it.
+
+    A dispatch mode cannot see inside compiled code, so this counts the calls in the wrapper
+    inductor generates for the trunk (one call per launch: the wrapper has no loops), divided
+    by the layers; the embedding counts with them, so it is an upper bound."""
+    from torch._inductor.utils import run_and_get_code
+
+    from .methods.base import trunk_pass
+    from .models.compiled import compiling
+
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    with torch.no_grad(), compiling(True):
+        _, code = run_and_get_code(torch.compile(trunk_pass, dynamic=True), model, input_ids, positions, None)
+    calls = sum(len(_KERNEL_CALL.findall(source.split("def call(", 1)[-1])) for source in code)
+    return calls / len(model.blocks)

@@ -148,7 +148,7 @@ def run_point(model, point: dict, args: argparse.Namespace, deadline: float | No
 
 def markdown(report: dict) -> str:
     lines = [
-        f"# bench_methods: {report['tag']}",
+        f"# bench_methods: {report['tag']}" + (" (--smoke: the tiny fixture configs under the full-size names)" if report["args"]["smoke"] else ""),
         "",
         f"Device {report['environment']['gpu'] or report['environment']['cpu']}, torch {report['environment']['torch']}, "
         f"{report['args']['dtype']}, prompt {report['args']['prompt']}, block {report['args']['block']}. "

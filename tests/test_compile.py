@@ -8,8 +8,6 @@ official fixture case, bf16 and the per-preset compile bound run under ``compile
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from functools import cache
 
 import pytest
@@ -20,17 +18,14 @@ import test_sparse_dllm
 import torch
 from conftest import load_cases, tiny_model
 from torch._dynamo.utils import counters
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dllm_accel import generate, load_model
 from dllm_accel.demo import method_configs
-from dllm_accel.methods.base import trunk_pass
 from dllm_accel.methods.fast_dllm_cache import BlockKVCache
 from dllm_accel.models.compiled import compiling
 from dllm_accel.paths import tiny_checkpoint
+from dllm_accel.profiling import OpCounter, compiled_launches_per_layer
 
-# ops that only re-describe memory (no kernel runs); everything else dispatched is a launch
-VIEW_OPS = {"view", "_unsafe_view", "t", "transpose", "slice", "expand", "unsqueeze", "squeeze", "permute", "alias"}
 PROMPT_LENGTHS = (12, 16, 20)
 
 
@@ -118,43 +113,17 @@ def test_bf16_compiled_equals_eager_and_stops_compiling(family, entry):
 
 
 # -- launches per layer --------------------------------------------------------------------
-class _Launches(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
-# a kernel call in inductor's wrapper: a generated CPU/Triton kernel, an extern kernel or an aten fallback
-_KERNEL_CALL = re.compile(r"^\s+(cpp_fused_\w+\(|triton_\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.aten\.\w+)", re.M)
-
-
-def launches_per_layer(model, ids: torch.Tensor) -> tuple[float, float, float]:
-    """(eager dispatched aten ops, eager launches = those minus view ops, compiled kernel calls), per layer."""
-    positions = torch.arange(ids.shape[1])
-    with torch.no_grad(), _Launches() as mode:
-        trunk_pass(model, ids, positions, None)
-    layers = model.spec.n_layers
-    dispatched = sum(mode.ops.values())
-    eager = dispatched - sum(n for op, n in mode.ops.items() if op in VIEW_OPS)
-    from torch._inductor.utils import run_and_get_code
-
-    with torch.no_grad(), compiling(True):
-        compiled = torch.compile(trunk_pass, dynamic=True)
-        _, code = run_and_get_code(compiled, model, ids, positions, None)
-    calls = sum(len(_KERNEL_CALL.findall(source.split("def call(", 1)[-1])) for source in code)
-    return dispatched / layers, eager / layers, calls / layers
-
-
 @pytest.mark.slow
 def test_compiled_pass_launches_at_most_half_of_eager():
+    """Counted as the issue counts eager (OpCounter over a vanilla generation) against the kernel
+    calls of the compiled trunk."""
     model = tiny_model("llada")
-    dispatched, eager, compiled = launches_per_layer(model, torch.arange(2 * 24).view(2, 24) + 10)
-    assert compiled <= dispatched / 2
-    assert compiled < eager
+    prompt = torch.arange(2 * 16).view(2, 16) + 10
+    with OpCounter(model) as counter:
+        generate(model, prompt, gen_length=8, steps=4)
+    eager = counter.counts.launches_per_layer
+    compiled = compiled_launches_per_layer(model, torch.arange(2 * 24).view(2, 24) + 10)
+    assert compiled <= eager / 2
 
 
 # -- CUDA graphs ----------------------------------------------------------------------------
