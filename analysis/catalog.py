@@ -50,6 +50,10 @@ PAPER_TABLES = (
     PaperTable("dllm_cache_speedups", "dllm_cache", ("radar",), "dLLM-Cache speed-ups (README radar figure)"),
     PaperTable("dkv_cache_table1", "dkv_cache", ("1",), "dKV-Cache Table 1 (LLaDA-8B-Instruct, confidence remasking)"),
     PaperTable("dkv_cache_table2", "dkv_cache", ("2",), "dKV-Cache Table 2 (Dream-v0-7B-Base)"),
+    PaperTable("frechet_readme", "fast_dllm_pp", ("readme",),
+               "Fast-dLLM++ README (LLaDA-8B-Instruct: GSM8K/HumanEval 256 prefix, GSM8K 1024 dual)",
+               (("threshold", "fast_dllm_prefix_parallel"), ("factor", "fast_dllm_prefix_parallel"))),
+    PaperTable("wino_gsm8k", "wino", ("abstract",), "WINO (LLaDA-8B-Instruct GSM8K, the abstract's numbers)"),
 )
 BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
 
@@ -83,6 +87,12 @@ METHOD_ORDER = (
     "fast_dllm_dual_parallel",
     "sparse_dllm",
     "dyllm",
+    "frechet",
+    "fast_dllm_prefix_frechet",
+    "fast_dllm_dual_frechet",
+    "wino",
+    "klass",
+    "pc_sampler",
 )
 
 PARALLEL_KEYS = ("threshold", "factor", "confidence_threshold")  # parallel decoding is a sampler setting
@@ -90,7 +100,12 @@ CACHE_MODE_KEYS = ("mode", "cache", "cache_mode")
 
 
 def method_label(method: str, options: dict, sampler: dict) -> str:
-    """The paper-level name of a method run (see the module docstring)."""
+    """The paper-level name of a method run (see the module docstring). A registered decoding rule
+    (``policy``) names the run after the rule, prefixed by the cache it decodes from."""
+    policy = sampler.get("policy")
+    if policy:
+        base = method_label(method, options, {k: v for k, v in sampler.items() if k != "policy"})
+        return policy if base == "vanilla" else f"{base}_{policy}"
     parallel = any(sampler.get(k) is not None for k in PARALLEL_KEYS)
     if method == "vanilla":
         return "fast_dllm_parallel" if parallel else "vanilla"

@@ -50,7 +50,22 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("dllm_cache", "gen_interval_steps", [2, 7, 16]),
     ("dllm_cache", "prompt_interval_steps", [2, 10, 100]),
     ("dkv_cache", "refresh_interval", [1, 2, 4, 8, 16]),
+    # registered decoding rules: a knob of the rule's options is ``policy_options.<name>``
+    ("wino", "policy_options.threshold", [0.3, 0.5, 0.6, 0.7, 0.9]),
+    ("frechet", "policy_options.margin", [-0.5, 0.0, 0.25, 0.5]),
+    ("frechet_prefix", "policy_options.margin", [0.0, 0.25]),
+    ("klass", "policy_options.conf_threshold", [0.3, 0.6, 0.9]),
+    ("klass", "policy_options.kl_threshold", [0.005, 0.015, 0.05, 0.2]),
+    ("pc_sampler", "policy_options.lambd", [0.0, 0.25, 1.0]),
 ]
+
+
+def with_knob(settings: dict, knob: str, value: Any) -> dict:
+    """The settings with one knob changed; ``policy_options.<name>`` changes one option of the rule."""
+    if knob.startswith("policy_options."):
+        options = {**(settings.get("policy_options") or {}), knob.split(".", 1)[1]: value}
+        return {**settings, "policy_options": options}
+    return {**settings, knob: value}
 
 
 class LiveTensorPeak(TorchDispatchMode):
@@ -138,6 +153,8 @@ def run_row(
 
 def evaluate_all(model, tokenizer, args) -> list[dict]:
     presets = runnable_presets()
+    if args.only:
+        presets = [e for e in presets if e["preset"] in args.only or e["preset"] == "vanilla"]
     rows = []
     for name in TASKS:
         for length in args.passkey_lengths[:1] if name == "passkey" else [None]:
@@ -154,12 +171,14 @@ def evaluate_all(model, tokenizer, args) -> list[dict]:
         vanilla = preset_settings({"name": "vanilla"}, TASKS[name])
         rows.append(run_row(model, tokenizer, "vanilla", "vanilla", name, length, samples, vanilla, section="sweeps"))
         for preset, knob, values in SWEEPS:
+            if args.only and preset not in args.only:
+                continue
             if preset not in by_preset:
                 print(f"sweep {preset}: no such preset among {sorted(by_preset)}; skipped", flush=True)
                 continue
             entry = by_preset[preset]
             for value in values:
-                settings = {**preset_settings(entry, TASKS[name]), knob: value}
+                settings = with_knob(preset_settings(entry, TASKS[name]), knob, value)
                 row = run_row(
                     model,
                     tokenizer,
@@ -292,6 +311,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--margins", type=int, default=0, metavar="N", help="also record per-preset accuracy on N CI samples"
     )
+    parser.add_argument("--only", nargs="*", default=[], help="only these presets (and vanilla) and their sweeps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     return parser.parse_args()

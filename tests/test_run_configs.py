@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from dllm_accel.eval.data import check_data, default_data_dir, template_files
 from dllm_accel.eval.prompting import resolve_style
 from dllm_accel.eval.schema import CONF_DIR
-from dllm_accel.generation.settings import SamplerSettings
+from dllm_accel.generation.rules import rule_class
+from dllm_accel.generation.settings import SamplerSettings, SettingsError
 from dllm_accel.methods import build_method
 from dllm_accel.models import load_spec
 from dllm_accel.paths import tiny_checkpoint
@@ -69,6 +70,12 @@ def test_every_model_method_task_combination_instantiates():
     failures = []
     for model, method, task in itertools.product(MODELS, METHODS, TASKS):
         config = _composed_method(method) | {"model": _group_node("model", model), "task": _group_node("task", task)}
+        rule = config["method"]["sampler"].get("policy")
+        if rule is not None and _family_spec(model).family not in rule_class(rule).samplers:
+            # a decoding rule defined for the other family refuses, naming the sampler it needs
+            with pytest.raises(SettingsError, match="is defined for sampler"):
+                SamplerSettings(**sampler_settings(config)).resolve(_family_spec(model), prompt_length=1)
+            continue
         try:
             build_method(config["method"]["name"], **config["method"]["options"])
             SamplerSettings(**sampler_settings(config)).resolve(_family_spec(model), prompt_length=1)

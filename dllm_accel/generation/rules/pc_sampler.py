@@ -11,7 +11,8 @@ ones. ``baseline`` is a corpus file in the official format ``{"num_token": N, "p
 {token id: count}}`` (ids absent from it get 1/N); the official LLaDA file is
 ``data/baseline/reference_corpus.json`` of the official repository. Without one every token gets
 1/vocab, which leaves the positional bias on the confidence. The official code is LLaDA only and
-batch 1; here each row is ranked alone. Every scheduled step runs, as there.
+batch 1; here each row is ranked alone. Every scheduled step runs, as there. On Dream (no official
+code) the same score ranks Dream's argmax tokens and max probabilities under the same block schedule.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from ..canvas import Canvas, Commit
 from ..policies import _window, top_k_commit
 from ..schedules import LinearBlockSchedule
-from ..scoring import llada_propose
+from ..scoring import dream_sample_tokens, llada_propose
 from ..settings import SettingsError
 from . import DecodingRule, register_rule
 
@@ -78,8 +79,6 @@ class PCSamplerPolicy(DecodingRule):
 
     name = "pc_sampler"
     Config = PCSamplerConfig
-    samplers = ("llada",)
-
     def __init__(self, config: PCSamplerConfig, canvas: Canvas, strategy: object) -> None:
         super().__init__(config, canvas, strategy)
         self.schedule = LinearBlockSchedule()
@@ -92,7 +91,13 @@ class PCSamplerPolicy(DecodingRule):
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         c, block = self.config, canvas.block_slice
-        x0, probability = llada_propose(logits, _window(rows, canvas), canvas.settings, canvas.spec)
+        s, window = canvas.settings, _window(rows, canvas)
+        if s.sampler == "llada":
+            x0, probability = llada_propose(logits, window, s, canvas.spec)
+        else:
+            block_logits = logits[:, window]
+            probability, x0 = dream_sample_tokens(block_logits.flatten(0, 1), s.temperature, s.top_p, s.top_k)
+            probability, x0 = probability.view(block_logits.shape[:2]), x0.view(block_logits.shape[:2])
         masked = canvas.block_masked()
         x0 = torch.where(masked, x0, canvas.x[:, block])
         frequencies = background_frequencies(c.baseline, logits.shape[-1]).to(logits.device)
