@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.spec import ModelSpec
+from .scoring import settle_samples, unread_checks
 from .settings import ResolvedSettings
 
 
@@ -50,6 +51,9 @@ class Canvas:
     # start of the earliest block left with masks (only a capped or step-bounded block ends so)
     open_from: int | None = None
     _left: list[int] | None = field(default=None, repr=False)
+    # values a strategy asked to have read with the step's status (``read_with_step``), and their host copies
+    _later: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _read: dict[str, int] = field(default_factory=dict, repr=False)
     _stopped: list[bool] | None = field(default=None, repr=False)
 
     @classmethod
@@ -124,17 +128,42 @@ class Canvas:
     def masks_left(self) -> list[int]:
         """Per row, the masks left in the current block.
 
-        The first call after a write reads them, with the rows stopped by the EOS early exit,
-        from the device: the one host sync a step may make. Later calls reuse that read.
+        The first call after a write reads them from the device, with the rows stopped by the
+        EOS early exit and the checks of samples drawn since (``scoring.settle_samples``): the
+        one host sync a step may make. Later calls reuse that read.
         """
         if self._left is None:
-            left = self.block_masked().sum(dim=1)
-            if self.finished is None:
-                self._left = left.tolist()
-            else:
-                status = torch.stack([left, self.finished.long()]).tolist()
-                self._left, self._stopped = status[0], [bool(v) for v in status[1]]
+            self._read_status()
         return self._left
+
+    def _read_status(self) -> None:
+        checks, later = unread_checks(), list(self._later.items())
+        parts = [self.block_masked().sum(dim=1)]
+        if self.finished is not None:
+            parts.append(self.finished.long())
+        parts += [torch.stack(checks).long()] if checks else []
+        parts += [value.reshape(1).long() for _, value in later]
+        values = torch.cat(parts).tolist()
+        batch = self.batch
+        self._left = values[:batch]
+        if self.finished is not None:
+            self._stopped = [bool(v) for v in values[batch : 2 * batch]]
+        rest = values[(2 if self.finished is not None else 1) * batch :]
+        if checks:
+            settle_samples([bool(v) for v in rest[: len(checks)]])
+        self._read.update({key: value for (key, _), value in zip(later, rest[len(checks) :], strict=True)})
+        self._later.clear()
+
+    def read_with_step(self, key: str, value: torch.Tensor) -> None:
+        """Have the one-element ``value`` read with the step's status (the block-end check) rather
+        than on its own; ``host_value(key)`` then returns it without another read."""
+        self._later[key] = value
+
+    def host_value(self, key: str) -> int:
+        """The host copy of a value passed to ``read_with_step``, read now if no read took it yet."""
+        if key in self._later:
+            self._read_status()
+        return self._read.pop(key)
 
     def block_done(self) -> bool:
         """No masks left in the block, rows stopped by the EOS early exit aside."""

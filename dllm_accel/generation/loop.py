@@ -13,7 +13,11 @@ from ..models.core import DiffusionTransformer
 from .canvas import Canvas, Commit
 from .policies import DecodingPolicy
 from .policy_choice import build_policy
+from .scoring import settle_samples
 from .settings import SamplerSettings
+
+# profiler ranges (``profiling.OpCounter`` counts by them): one step's body, and what runs once after the last
+STEP, FINISH = "denoise.step", "denoise.finish"
 
 
 @dataclass
@@ -60,21 +64,24 @@ def denoise(
         policy.begin_block(canvas)
         strategy.begin_block(model, canvas)
         while not policy.block_finished(canvas):
-            canvas.reads, canvas.pass_rows = policy.reads(canvas), None
-            logits, rows = strategy.forward(model, canvas)
-            if canvas.pass_rows is None:
-                canvas.pass_rows = rows
-            commit = _without_finished(policy.select(logits, rows, canvas), canvas)
-            canvas.write(commit)
-            if canvas.finished is not None:
-                canvas.finished |= eos_exits(canvas, commit)
-            strategy.after_commit(canvas, commit)
-            canvas.block_step += 1
-            canvas.step += 1
-            if canvas.trajectory is not None:
-                canvas.trajectory.append(canvas.x.clone())
+            with torch.profiler.record_function(STEP):
+                canvas.reads, canvas.pass_rows = policy.reads(canvas), None
+                logits, rows = strategy.forward(model, canvas)
+                if canvas.pass_rows is None:
+                    canvas.pass_rows = rows
+                commit = _without_finished(policy.select(logits, rows, canvas), canvas)
+                canvas.write(commit)
+                if canvas.finished is not None:
+                    canvas.finished |= eos_exits(canvas, commit)
+                strategy.after_commit(canvas, commit)
+                canvas.block_step += 1
+                canvas.step += 1
+                if canvas.trajectory is not None:
+                    canvas.trajectory.append(canvas.x.clone())
             if canvas.all_finished():
                 break
+    with torch.profiler.record_function(FINISH):
+        settle_samples()  # the random stream leaves as the official code leaves it
     if canvas.step and not canvas.nfe:
         raise RuntimeError(
             f"method {strategy.name!r} ran {canvas.step} steps but counted no forward pass: every model call in "

@@ -38,7 +38,7 @@ from .policies import (
     top_k_commit,
 )
 from .schedules import ConstantSchedule, TimestepSchedule
-from .scoring import dream_sample_tokens, llada_propose
+from .scoring import dream_sample_tokens, llada_propose, multinomial
 from .settings import SettingsError
 
 # Dream's ``diffusion_generate`` reads ``threshold`` with this default
@@ -265,7 +265,7 @@ class DreamBlockPolicy(DecodingPolicy):
         index = torch.zeros_like(canvas.x, dtype=torch.bool)
         if counts > 0:
             probs = torch.softmax(confidence[:, ranked] / s.alg_temp, dim=-1)
-            index[:, ranked] = index[:, ranked].scatter(1, torch.multinomial(probs, num_samples=counts), True)
+            index[:, ranked] = index[:, ranked].scatter(1, multinomial(probs, counts), True)
         return Commit(index=index & canvas.masked(), tokens=x0, confidence=confidence)
 
     @staticmethod

@@ -17,7 +17,7 @@ import torch
 from .canvas import Canvas, Commit
 from .dyllm_sampler import dyllm_sample, ranked_commit
 from .schedules import Schedule, TimestepSchedule
-from .scoring import dream_sample_tokens, llada_propose
+from .scoring import dream_sample_tokens, llada_propose, multinomial, settle_samples
 
 
 class DecodingPolicy(ABC):
@@ -188,7 +188,7 @@ class ConfidencePolicy(DecodingPolicy):
         rows = slice(0, canvas.length) if rows is None else rows
         if n > 0:
             probs = torch.softmax(confidence[:, rows] / canvas.settings.alg_temp, dim=-1)
-            index[:, rows] = index[:, rows].scatter(1, torch.multinomial(probs, num_samples=n), True)
+            index[:, rows] = index[:, rows].scatter(1, multinomial(probs, n), True)
         return Commit(index=index & canvas.masked(), tokens=x0)
 
 
@@ -225,6 +225,7 @@ class OriginPolicy(DecodingPolicy):
         masked = canvas.block_masked()
         total = block_masks(canvas)
         p = self.schedule.transfer_probability(canvas)
+        settle_samples()  # the last step's sample decides the generator's state before this draw
         chosen = torch.rand(total, device=masked.device) < p
         candidates, flat = gather_candidates(logits[:, _window(rows, canvas)], masked, total)
         if s.temperature > 0:

@@ -111,11 +111,7 @@ def dream_sample_tokens(
         logits = _top_k(logits, top_k)
     probs = torch.softmax(logits, dim=-1)
     if temperature > 0:
-        try:
-            x0 = torch.distributions.Categorical(probs=probs).sample()
-            confidence = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        except (ValueError, RuntimeError):  # the official code falls back to argmax on bad probs
-            confidence, x0 = probs.max(dim=-1)
+        x0, confidence = categorical_or_argmax(probs)
     else:
         confidence, x0 = probs.max(dim=-1)
     if alg == "topk_margin":
@@ -124,3 +120,72 @@ def dream_sample_tokens(
     elif alg == "entropy":
         confidence = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
     return confidence, x0
+
+
+# -- Dream's ``try: Categorical(probs).sample() except: argmax``, without reading the device --
+#
+# ``Categorical`` checks its (normalised) probabilities before drawing: every row >= 0 and
+# summing to 1 within 1e-6 (a bf16 row often does not). When the check fails the official code
+# draws nothing and takes the argmax of every row. Here the check stays on the device: the
+# sample is drawn and the argmax kept where the check failed, and the generator's state from
+# before the draw is kept until the check is read with the step's one device read
+# (``Canvas.masks_left``) or before the next sample; a failed check then rolls the generator
+# back, so the random stream stays the official one. Draws made in between (``alg_temp``'s
+# positions) run in both worlds and are picked on the device.
+
+_UNREAD: list[tuple[torch.Tensor, torch.Generator, torch.Tensor]] = []  # (check, generator, state if it failed)
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
+def categorical_or_argmax(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, confidence) of ``probs`` [N, V] as Dream's ``sample_tokens`` gets them at temperature > 0."""
+    if probs.shape[0] == 0:
+        confidence, x0 = probs.max(dim=-1)
+        return x0, confidence
+    settle_samples()
+    normalised = probs / probs.sum(-1, keepdim=True)
+    valid = ((normalised >= 0).all(dim=-1) & ((normalised.sum(-1) - 1).abs() < 1e-6)).all()
+    generator = _generator(probs.device)
+    before = generator.get_state()
+    drawn = torch.multinomial(torch.where(valid, normalised, 1.0), 1, True).view(-1)
+    _UNREAD.append((valid, generator, before))
+    top, argmax = probs.max(dim=-1)
+    x0 = torch.where(valid, drawn, argmax)
+    return x0, torch.where(valid, probs.gather(-1, drawn[:, None]).squeeze(-1), top)
+
+
+def multinomial(probs: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``torch.multinomial(probs, num_samples)``, drawn in both worlds while a sample's check is unread."""
+    if not _UNREAD:
+        return torch.multinomial(probs, num_samples)
+    valid, generator, before = _UNREAD[-1]
+    shadow = torch.Generator(device=probs.device)
+    shadow.set_state(before)
+    ours = torch.multinomial(probs, num_samples)
+    theirs = torch.multinomial(probs, num_samples, generator=shadow)
+    _UNREAD[-1] = (valid, generator, shadow.get_state())
+    return torch.where(valid, ours, theirs)
+
+
+def unread_checks() -> list[torch.Tensor]:
+    """The checks of samples drawn since the last read (0-dim bool tensors), for a caller that reads anyway."""
+    return [valid for valid, _, _ in _UNREAD]
+
+
+def settle_samples(checks: list[bool] | None = None) -> None:
+    """Roll the generator back where a sample's check failed; ``checks`` are the values of
+    ``unread_checks()`` when the caller read them, else they are read here."""
+    if not _UNREAD:
+        return
+    if checks is None:
+        checks = torch.stack(unread_checks()).tolist()
+    for (_, generator, before), passed in zip(_UNREAD, checks, strict=True):
+        if not passed:
+            generator.set_state(before)
+            break
+    _UNREAD.clear()

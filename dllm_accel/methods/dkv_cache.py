@@ -45,6 +45,10 @@ VARIANTS = ("decode", "prefill")
 SHIFT_TYPES = ("un", "right", "un_right")
 
 
+# the key of the next cached pass's width in the step's device read (``Canvas.read_with_step``)
+WIDTH = "dkv_cache.width"
+
+
 @dataclass
 class DKVCacheConfig(MethodConfig):
     """dKV-Cache options; defaults are the official scripts'.
@@ -117,12 +121,14 @@ class DKVCache(ForwardStrategy):
             first = canvas.block_step == 0
             keeps = not first or self._first_pass_caches(canvas)
         else:
-            width = int((~self.valid).sum(dim=1).max())  # the step's one host sync: the widest row
+            # the widest row's uncached rows, read with the last step's block-end check (or now)
+            width = canvas.host_value(WIDTH)
             self._run_uncached(model, canvas, width)
             keeps = self.config.variant == "decode"  # prefill keeps its first set
         if keeps:
             self.valid.copy_(cacheable)
             self.has_cache = True
+        canvas.read_with_step(WIDTH, (~self.valid).sum(dim=1).max())
         canvas.nfe += 1
         self._record(canvas, full, width)
         return self._block_logits(model, canvas)
