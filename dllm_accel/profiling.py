@@ -21,10 +21,12 @@ An op is a **launch** unless it only makes a view or reads metadata (its schema 
 alias that is not written, e.g. ``view``, ``slice``, ``transpose``, ``expand``), allocates
 without writing (``empty*``), or is one of the syncs above (counted there).
 
-Ops are attributed by forward pre-hooks on the model's modules: the embedding opens a
-denoising step (every strategy embeds once per forward), a submodule of ``blocks[i]`` enters
-layer ``i``, the final norm or the head leaves the layer loop. Everything from one step's
-embedding to the next (the forward, the policy, the loop's block-end check) is that step's.
+Ops are attributed to steps by the loop's profiler ranges: a step runs from the start of one
+loop iteration (``loop.STEP``) to the start of the next, so it holds the forward, the policy
+and the block-end check that follows; what runs before the first step and once after the
+last (``loop.FINISH``) is counted apart. Within a step, forward pre-hooks on the model's
+modules attribute ops to layers: a submodule of ``blocks[i]`` enters layer ``i``; the
+embedding, the final norm and the head are outside the layer loop.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .generation.loop import FINISH, STEP
 from .models.core import DiffusionTransformer
 
 _aten = torch.ops.aten
@@ -62,7 +65,7 @@ ALWAYS_SYNC = frozenset(
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index", "_unsafe_index_put"})
 _ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "empty_permuted", "lift_fresh", "detach"})
 
-OUTSIDE = "outside"  # before the first step, or between the head and the next step's embedding
+OUTSIDE = "outside"  # not inside a layer: embedding, head, policy, loop
 HEAD = "head"
 
 
@@ -113,10 +116,11 @@ class Region:
 
 @dataclass
 class OpCounts:
-    """What a counted run dispatched; ``steps`` windows, ``setup`` before the first step."""
+    """What a counted run dispatched: ``setup`` before the first step, ``steps`` windows, ``finish`` after the last."""
 
     setup: Region
     steps: list[Region]
+    finish: Region
     n_layers: int
     sites: Counter  # (where, op) -> syncs, for finding them
 
@@ -149,7 +153,7 @@ class OpCounts:
     def summary(self) -> str:
         return (
             f"{len(self.steps)} steps: syncs/step mean {self.mean_syncs_per_step:.2f} max {self.max_syncs_per_step}, "
-            f"max/layer {self.max_syncs_per_layer}, setup {self.setup.syncs}; "
+            f"max/layer {self.max_syncs_per_layer}, setup {self.setup.syncs}, finish {self.finish.syncs}; "
             f"launches/layer {self.launches_per_layer:.1f}, launches/step {self.launches_per_step:.0f}"
         )
 
@@ -163,6 +167,8 @@ class OpCounter(TorchDispatchMode):
         self.record_sites = record_sites
         self.setup = Region()
         self.steps: list[Region] = []
+        self.finish = Region()
+        self.finishing = False
         self.sites: Counter = Counter()
         self.layer: int | str = OUTSIDE
         self._quiet = 0  # >0 while a Python-level sync runs (its own dispatches are not counted again)
@@ -171,20 +177,18 @@ class OpCounter(TorchDispatchMode):
 
     @property
     def counts(self) -> OpCounts:
-        return OpCounts(self.setup, self.steps, len(self.model.blocks), self.sites)
+        return OpCounts(self.setup, self.steps, self.finish, len(self.model.blocks), self.sites)
 
     # -- attribution ------------------------------------------------------------------
     def _enter(self, where: int | str):
         def hook(module, args):
-            if where == "embed":
-                self.steps.append(Region())
-                self.layer = OUTSIDE
-            else:
-                self.layer = where
+            self.layer = OUTSIDE if where in ("embed", HEAD) else where
 
         return hook
 
     def _region(self) -> Region:
+        if self.finishing:
+            return self.finish
         return self.steps[-1] if self.steps else self.setup
 
     def _count_sync(self, op: str) -> None:
@@ -198,6 +202,13 @@ class OpCounter(TorchDispatchMode):
     # -- the mode ---------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func._schema.name.startswith("profiler::"):
+            if args and isinstance(args[0], str) and args[0] == STEP:
+                self.steps.append(Region())
+                self.layer, self.finishing = OUTSIDE, False
+            elif args and isinstance(args[0], str) and args[0] == FINISH:
+                self.finishing = True
+            return func(*args, **kwargs)
         if not self._quiet:
             name = func._schema.name.split("::")[-1]
             if is_sync(func, args, kwargs):

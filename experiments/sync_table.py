@@ -50,6 +50,11 @@ POLICIES = {
 }
 # the two methods whose shapes follow saliency may sync once per layer (issue 15)
 PER_LAYER_ALLOWED = ("dyllm", "combined_dyllm_dual")
+# rows whose sampled steps need a second read, and why
+SECOND_READ = {
+    "dream origin": "origin commits each mask by chance and samples tokens for exactly the chosen ones: "
+    "their number sets the official noise shape, so a sampled step reads it after the mask count",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ class Case:
     @property
     def per_layer_allowed(self) -> bool:
         return self.method in PER_LAYER_ALLOWED
+
+    def reads_per_step(self, temperature: float) -> int:
+        """Host syncs a step may make outside the layer loop."""
+        return 2 if temperature > 0 and self.label in SECOND_READ else 1
 
 
 def cases() -> list[Case]:
@@ -100,34 +109,77 @@ def tiny(family: str):
     return _MODELS[family]
 
 
-def count(case: Case, batch: int, temperature: float) -> OpCounts | str:
-    """Counts of one generate call, or the one-line reason the combination is refused."""
+def count(case: Case, batch: int, temperature: float, record_sites: bool = True) -> OpCounts | str:
+    """Counts of one generate call, or the one-line reason the combination is refused (before any
+    forward: an error after a step ran is a failure and propagates)."""
     model = tiny(case.family)
     ids, mask = prompts(case.family, batch)
     settings = {**case.settings, "temperature": temperature}
     torch.manual_seed(0)
-    counter = OpCounter(model)
+    counter = OpCounter(model, record_sites=record_sites)
     try:
         with counter:
             generate(model, ids, mask, method=case.method, **settings)
     except (SettingsError, ValueError) as err:
+        if counter.steps:
+            raise
         return f"refused: {err}"
     return counter.counts
 
 
 def table(rows: list[tuple[Case, int, float, OpCounts | str]]) -> str:
     lines = [
-        "| preset / policy | family | batch | temperature | syncs/step mean | max | in layers (max/layer) | setup syncs | launches/layer | launches/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset / policy | family | batch | temperature | syncs/step mean | max | in layers (max/layer) | setup syncs | finish syncs | launches/layer | launches/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, batch, temperature, counts in rows:
         head = f"| {case.label} | {case.family} | {batch} | {temperature:g} |"
         if isinstance(counts, str):
-            lines.append(f"{head} {counts.split(':')[0]} | | | | | |")
+            lines.append(f"{head} {counts.split(':')[0]} | | | | | | |")
             continue
         lines.append(
             f"{head} {counts.mean_syncs_per_step:.2f} | {counts.max_syncs_per_step} | {counts.max_syncs_per_layer} | "
-            f"{counts.setup.syncs} | {counts.launches_per_layer:.1f} | {counts.launches_per_step:.0f} |"
+            f"{counts.setup.syncs} | {counts.finish.syncs} | {counts.launches_per_layer:.1f} | {counts.launches_per_step:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse(text: str) -> dict[tuple[str, str], list[list[str]]]:
+    """A table written by ``table`` -> {(label, family): [row cells]}."""
+    rows: dict[tuple[str, str], list[list[str]]] = {}
+    for line in text.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10:
+            rows.setdefault((cells[0], cells[1]), []).append(cells)
+    return rows
+
+
+def _span(rows: list[list[str]] | None, column: int) -> str:
+    values = [float(r[column]) for r in rows or [] if r[column] and not r[column].startswith("refused")]
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
+
+
+def compare(before: str, after: str) -> str:
+    """Per preset and family: syncs per step (mean over batch 1/4, greedy/sampled), max inside
+    the layer loop, launches per layer; before -> after."""
+    old, new = parse(before), parse(after)
+    lines = [
+        "| preset / policy | syncs per step LLaDA | syncs per step Dream | max per layer | launches per layer LLaDA / Dream |",
+        "|---|---|---|---|---|",
+    ]
+    labels = list(dict.fromkeys(label for label, _ in new))
+    for label in labels:
+        cells = []
+        for family in FAMILIES:
+            cells.append(f"{_span(old.get((label, family)), 4)} -> {_span(new.get((label, family)), 4)}")
+        in_layers = [_span(side.get((label, f)), 6) for side in (old, new) for f in FAMILIES]
+        launches = [_span(side.get((label, f)), -2) for side in (old, new) for f in FAMILIES]
+        lines.append(
+            f"| {label} | {cells[0]} | {cells[1]} | {in_layers[0]}/{in_layers[1]} -> {in_layers[2]}/{in_layers[3]} | "
+            f"{launches[0]}/{launches[1]} -> {launches[2]}/{launches[3]} |"
         )
     return "\n".join(lines)
 
@@ -137,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     parser.add_argument("--sites", action="store_true", help="print where each sync comes from")
     parser.add_argument("--only", default=None, help="labels containing this string")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="summarise two tables, then stop")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare[0].read_text(), args.compare[1].read_text()))
+        return 0
     torch.set_num_threads(1)
     rows = []
     for case in cases():
