@@ -14,18 +14,7 @@ import pytest
 import torch
 
 from dllm_accel.profiling import OpCounter, OpCounts
-from experiments.sync_table import PER_LAYER_ALLOWED, TEMPERATURE, Case, cases, count
-
-# DyLLM (issue 15): its sampler's ``Categorical`` check (generation/dyllm_sampler.py) reads the device
-# at every sampled Dream step; ``scoring.categorical_or_argmax`` is the sync-free equivalent
-DYLLM_PENDING = pytest.mark.xfail(
-    strict=True, reason="issue 15: the DyLLM sampler's Categorical check reads the device at temperature > 0"
-)
-
-
-def _pending(case: Case, temperature: float) -> bool:
-    dyllm_sampler = case.settings.get("sampler") == "dyllm"
-    return case.method in PER_LAYER_ALLOWED and dyllm_sampler and case.family == "dream" and temperature > 0
+from experiments.sync_table import TEMPERATURE, Case, cases, count
 
 
 def _params() -> list:
@@ -34,8 +23,7 @@ def _params() -> list:
         for batch in (1, 4):
             for temperature in (0.0, TEMPERATURE):
                 label = f"{case.family}-{case.label}-b{batch}-t{temperature:g}"
-                marks = [DYLLM_PENDING] if _pending(case, temperature) else []
-                params.append(pytest.param(case, batch, temperature, id=label, marks=marks))
+                params.append(pytest.param(case, batch, temperature, id=label))
     return params
 
 
