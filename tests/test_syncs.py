@@ -16,14 +16,21 @@ import torch
 from dllm_accel.profiling import OpCounter, OpCounts
 from experiments.sync_table import TEMPERATURE, Case, cases, count
 
+# Methods that landed over the limits; strict, so each flips to a failure when it is fixed.
+OVER_LIMIT = {
+    "d2_cache": "d2Cache and its certainty-prior rule read the device 5-7 times per step "
+    "(d2_cache.py forward/_top_up, certainty_prior.py), and a padded batch divides by an empty block's size",
+}
+
 
 def _params() -> list:
     params = []
     for case in cases():
+        marks = [pytest.mark.xfail(strict=True, reason=OVER_LIMIT[case.method])] if case.method in OVER_LIMIT else []
         for batch in (1, 4):
             for temperature in (0.0, TEMPERATURE):
                 label = f"{case.family}-{case.label}-b{batch}-t{temperature:g}"
-                params.append(pytest.param(case, batch, temperature, id=label))
+                params.append(pytest.param(case, batch, temperature, id=label, marks=marks))
     return params
 
 
