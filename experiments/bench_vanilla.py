@@ -1,4 +1,4 @@
-"""Vanilla tokens/s and peak memory of full-size random-weight LLaDA-8B and Dream-7B.
+"""Vanilla tokens/s and peak memory of full-size random-weight LLaDA-8B, Dream-7B, LLaDA-MoE and LLaDA2.0-mini.
 
 The checkpoint configs are the official ones (sizes and special ids from the specs), so
 no weights are needed. Default setting: prompt 512, gen 256, steps 256, block 32, batch 1,
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dllm_accel import generate, load_model
-from dllm_accel.paths import tiny_checkpoint
+from dllm_accel.paths import REPO_ROOT, tiny_checkpoint
 
 FULL_SIZE = {
     "llada_8b": {
@@ -52,12 +52,23 @@ FULL_SIZE = {
 }
 
 
+# the newer families: the full-size config (experiments/full_size) and its tiny twin (tests/fixtures) for --smoke
+FULL_SIZE.update(
+    {
+        "llada_moe_7b": {"base": "tests/fixtures/llada-moe-tiny", "full": "experiments/full_size/llada-moe-7b-a1b"},
+        "llada2_mini": {"base": "tests/fixtures/llada2-mini-tiny", "full": "experiments/full_size/llada2-mini"},
+    }
+)
+
+
 def write_config(name: str, directory: Path, smoke: bool) -> Path:
     overrides = dict(FULL_SIZE[name])
     family = overrides.pop("base")
-    config = json.loads((tiny_checkpoint(family) / "config.json").read_text())
+    full = overrides.pop("full", None)
+    base = tiny_checkpoint(family) if full is None else REPO_ROOT / family
+    config = json.loads((base / "config.json").read_text())
     if not smoke:
-        config.update(overrides)
+        config = json.loads((REPO_ROOT / full / "config.json").read_text()) if full else {**config, **overrides}
     target = directory / name
     target.mkdir()
     (target / "config.json").write_text(json.dumps(config))

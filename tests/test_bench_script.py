@@ -15,8 +15,10 @@ def test_bench_vanilla_smoke(tmp_path):
            "--dtype", "float32", "--prompt", "16", "--gen", "16", "--steps", "8", "--block", "8", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     records = json.loads(out.read_text())
-    assert [r["model"] for r in records] == ["llada_8b", "dream_7b"]
-    assert all(r["nfe"] == 8 and r["tokens_per_second"] > 0 for r in records)
+    assert [r["model"] for r in records] == ["llada_8b", "dream_7b", "llada_moe_7b", "llada2_mini"]
+    assert all(r["tokens_per_second"] > 0 for r in records)
+    # LLaDA2's block sampler stops a block when its threshold rule has filled it, so its NFE varies
+    assert [r["nfe"] for r in records[:3]] == [8, 8, 8] and 0 < records[3]["nfe"] <= 8 * 3
 
 
 def test_bench_methods_smoke(tmp_path):
