@@ -8,7 +8,8 @@ Two settings:
 - the tiny trained model (``checkpoints/tiny-llada``) at ``experiments/eval_tiny.py``'s settings:
   each task's generation window, every preset's sampler options (DyLLM's: the engine sampler,
   top-p 1.0, EOS early exit), vanilla at the reference settings; passkey at 1024 and the copy and
-  arithmetic tasks, DyLLM at threshold 0.99;
+  arithmetic tasks, DyLLM at threshold 0.99. Passkey generates 3 tokens in 3 steps, all dense
+  under the preset's 4 dense steps, so it runs once more with 1 dense step;
 - a mid-size random-weight LLaDA (d_model 512, 8 layers, 8 heads, MLP 1536, the tiny vocabulary),
   prompt 256, gen 256, 256 steps, blocks of 32, DyLLM's engine sampler for both methods (no EOS
   exit: random weights would stop at random places).
@@ -190,6 +191,9 @@ def tiny_cases(samples: int) -> tuple[object, list]:
         for i, sample in enumerate(held_out_samples(task, samples, length)):
             ids = torch.tensor([tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]])
             cases.append((f"tiny {task}{'@' + str(length) if length else ''} #{i}", ids, vanilla, dyllm))
+            if task == "passkey":  # its 3 steps are all dense at the preset's 4: also with 1 dense step
+                sparse = {**dyllm, "num_full_steps": 1}
+                cases.append((f"tiny passkey@1024 num_full_steps=1 #{i}", ids, vanilla, sparse))
     return model, cases
 
 

@@ -23,7 +23,7 @@ from conftest import tiny_model, transfer_counts
 
 from dllm_accel import build_method, generate
 from dllm_accel.generation import SamplerSettings, SettingsError
-from dllm_accel.generation.dyllm_sampler import _categorical, _top_p, dyllm_sample
+from dllm_accel.generation.dyllm_sampler import _top_p, dyllm_sample
 from dllm_accel.methods.base import ForwardStrategy
 from dllm_accel.methods.dyllm import DyLLM, _shift, step_kind
 from dllm_accel.methods.dyllm_kernel import KERNELS, KernelQuirks, compute_dtype, context_delta
@@ -588,15 +588,12 @@ def test_triton_kernel_matches_the_pytorch_path_interpreted():
 
 
 def test_categorical_draw_without_a_host_read_is_the_distributions():
-    probs = torch.softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(0)), dim=-1)
-    fallback = torch.arange(5)
+    """The engine sampler draws as ``Categorical(probs).sample()`` (scoring.categorical_or_argmax)."""
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(3)
-    expected = torch.distributions.Categorical(probs=probs).sample()
+    expected = torch.distributions.Categorical(probs=torch.softmax(logits, dim=-1)).sample()
     torch.manual_seed(3)
-    assert torch.equal(_categorical(probs, fallback), expected)
-    broken = probs.clone()
-    broken[2, 0] = float("nan")  # the distribution refuses it and the engine keeps the argmax
-    assert torch.equal(_categorical(broken, fallback), fallback)
+    assert torch.equal(dyllm_sample(logits, "dream", 1.0, None, None)[1], expected)
 
 
 # -- host reads and launches (issue 15) ---------------------------------------------------------

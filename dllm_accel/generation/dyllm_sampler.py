@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .canvas import Canvas, Commit
+from .scoring import categorical_or_argmax
 
 # The engine treats temperatures at or below this as greedy.
 GREEDY_TEMPERATURE = 1e-6
@@ -55,19 +56,8 @@ def dyllm_sample(
     if family == "llada":
         return top_probs, tokens
     if sampled and probs.shape[0]:
-        tokens = _categorical(probs, tokens)
+        tokens, _ = categorical_or_argmax(probs)
     return (probs * torch.log(probs + 1e-10)).sum(dim=-1), tokens
-
-
-def _categorical(probs: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """``Categorical(probs=probs).sample()`` without reading the device: the same normalisation
-    and multinomial draw; where the distribution's simplex check would fail (NaN, negative) the
-    engine catches the error and keeps the argmax, decided here on the device (one draw is then
-    made from a uniform stand-in, so only that rare case consumes the generator differently)."""
-    normalised = probs / probs.sum(dim=-1, keepdim=True)
-    valid = (normalised >= 0).all() & ((normalised.sum(dim=-1) - 1).abs() < 1e-6).all()
-    drawn = torch.multinomial(torch.where(valid, normalised, 1.0), 1, True).squeeze(-1)
-    return torch.where(valid, drawn, fallback)
 
 
 def ranked_commit(confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tensor, canvas: Canvas) -> Commit:

@@ -29,7 +29,7 @@ from ..generation.settings import SettingsError
 from ..models.core import Block, DiffusionTransformer
 from ..models.rope import RopeTable
 from .base import ForwardStrategy, MethodConfig, scored_rows
-from .dyllm_kernel import KERNELS, compute_dtype, cosine, update_context
+from .dyllm_kernel import KERNELS, attention_with_lse, compute_dtype, cosine, update_context
 from .registry import register
 
 FULL, SPARSE, PRUNED = "full", "sparse", "pruned"
@@ -158,6 +158,10 @@ class DyLLM(ForwardStrategy):
             positions = (canvas.key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
             self.starts = (~canvas.key_mask).sum(dim=1)
         self.rope = self._rope(model, positions)
+        self.key_bias = None
+        if canvas.key_mask is not None:
+            bias = torch.zeros(batch, 1, 1, length, dtype=model.dtype, device=device)
+            self.key_bias = bias.masked_fill_(~canvas.key_mask[:, None, None, :], -torch.inf)
         self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
         self.logits = torch.empty(batch, 0, model.spec.vocab_size, dtype=model.dtype, device=device)
         self.seed = torch.zeros_like(canvas.x, dtype=torch.bool)
@@ -302,8 +306,13 @@ class DyLLM(ForwardStrategy):
         delta_v = v_s - cache.v.gather(2, _along(chosen.columns, 2, v_s))
         cache.k.scatter_(2, _along(chosen.columns, 2, k_s), k_s)
         cache.v.scatter_(2, _along(chosen.columns, 2, v_s), v_s)
-        q_s = q.gather(2, _along(chosen.rows, 2, q))
-        exact = block.attend(q_s, cache.k[:, :, :length], cache.v[:, :, :length], self.key_mask)
+        keys, values = cache.k[:, :, :length], cache.v[:, :, :length]
+        lse = None
+        if self._fused_cpu(q, dtype):  # every row's exact context and log-normaliser in one fused pass
+            exact, lse = attention_with_lse(q, keys, values, self.key_bias)
+            exact = exact.gather(2, _along(chosen.rows, 2, exact))
+        else:
+            exact = block.attend(q.gather(2, _along(chosen.rows, 2, q)), keys, values, self.key_mask)
         return update_context(
             q.to(dtype),
             cache.k,
@@ -317,7 +326,12 @@ class DyLLM(ForwardStrategy):
             self.config.threshold,
             self.quirks.carry_scores,
             self.quirks.unmasked_padding,
+            lse,
         )
+
+    def _fused_cpu(self, q: torch.Tensor, dtype: torch.dtype) -> bool:
+        """On CPU the fixed build without 16-bit rounding takes the fused attention's normaliser."""
+        return q.device.type == "cpu" and self.quirks == KERNELS["fixed"] and q.dtype == dtype
 
     def _select(self, mask: torch.Tensor, width: int, queries: slice) -> Selection:
         """The true rows of ``mask`` [B, T] (query rows ``queries``), ``width`` slots per row."""

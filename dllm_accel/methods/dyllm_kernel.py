@@ -174,6 +174,7 @@ def update_context_torch(
     threshold: float,
     carry_scores: bool,
     unmasked_padding: bool,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One layer's context update, as the engine's one sparse-attention kernel: every query row's
     new context, its cosine with the cached one and the new salient set.
@@ -185,13 +186,18 @@ def update_context_torch(
     contexts; ``cached`` [B, H, T, D] the cached contexts, overwritten with the new ones (rounded
     to its dtype). ``real`` [B, T] (None: all) limits the new salient set, which is returned:
     [B, T] bool, cosine < ``threshold``. Probabilities are rounded to ``cached``'s dtype before
-    the PV product when the accumulation dtype is wider (the kernel's 16-bit mma).
+    the PV product when the accumulation dtype is wider (the kernel's 16-bit mma). ``lse`` [B, H, T]
+    (fixed build, no rounding): every row's softmax log-normaliser, so that only the salient
+    columns' probabilities are formed.
     """
     length = keys.shape[2] - 1
     rows = q.shape[2]
     quirks = KernelQuirks(carry_scores, unmasked_padding)
     pv_dtype = None if cached.dtype == q.dtype else cached.dtype
-    delta = context_delta(q, keys, delta_v, columns, starts, quirks, pv_dtype, length)
+    if lse is None:
+        delta = context_delta(q, keys, delta_v, columns, starts, quirks, pv_dtype, length)
+    else:
+        delta = _delta_from_lse(q, keys, delta_v, columns, lse, length)
     # one row past the query rows' last absolute column takes the empty slots' exact contexts
     context = torch.empty(*q.shape[:2], length - first + 1, q.shape[3], dtype=q.dtype, device=q.device)
     new = context[:, :, :rows]
@@ -217,27 +223,56 @@ def update_context(
     threshold: float,
     carry_scores: bool,
     unmasked_padding: bool,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``update_context_torch`` as one operator: on CUDA the Triton kernel of ``dyllm_triton``."""
     return update_context_torch(
-        q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding
+        q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse
     )
 
 
 @update_context.register_fake
-def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding):
+def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse):
     return q.new_empty(q.shape[0], q.shape[2], dtype=torch.bool)
 
 
 @update_context.register_kernel("cuda")
-def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding):
+def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse):
     """The Triton kernel where triton is installed and the caches are 16 or 32 bits; else PyTorch."""
     from .dyllm_triton import available, triton_update_context
 
     args = (q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding)
     if available() and cached.dtype != torch.float64:
         return triton_update_context(*args)
-    return update_context_torch(*args)
+    return update_context_torch(*args, lse)
+
+
+def attention_with_lse(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query row's exact attention [B, H, T, D] and softmax log-normaliser [B, H, T], from
+    PyTorch's fused CPU attention (the kernel ``scaled_dot_product_attention`` runs there), so the
+    approximation never forms a [T, L] score matrix. ``bias`` [B, 1, 1, L]: 0 or -inf per key."""
+    groups = q.shape[1] // keys.shape[1]
+    if groups > 1:
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, attn_mask=bias)[:2]
+    return out, lse
+
+
+def _delta_from_lse(
+    q: torch.Tensor, keys: torch.Tensor, delta_v: torch.Tensor, columns: torch.Tensor, lse: torch.Tensor, length: int
+) -> torch.Tensor:
+    """The fixed build's ``softmax(q K^T / sqrt(D)) dV`` given each row's log-normaliser: the
+    probabilities of the salient columns only (empty slots, column ``length``, weigh 0)."""
+    batch, heads, rows, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads * rows, dim)
+    salient_keys = keys.gather(2, columns[:, None, :, None].expand(-1, kv_heads, -1, dim)).to(q.dtype)
+    scores = torch.matmul(grouped, salient_keys.transpose(-1, -2)).mul_(dim**-0.5)
+    weights = scores.sub_(lse.reshape(batch, kv_heads, -1, 1)).exp_()
+    weights.masked_fill_((columns >= length)[:, None, None, :], 0.0)
+    return torch.matmul(weights, delta_v.to(q.dtype)).view(batch, heads, rows, dim)
 
 
 def cosine(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
