@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..canvas import Canvas, Commit
-from ..policies import _window
+from ..policies import _window, gather_candidates, spread
 from ..schedules import LinearBlockSchedule
 from ..scoring import dream_sample_tokens, gumbel_max_logits
 from ..settings import SettingsError
@@ -98,7 +98,7 @@ class KlassPolicy(DecodingRule):
     def block_finished(self, canvas: Canvas) -> bool:
         if canvas.block_step >= canvas.settings.steps_per_block:
             return True
-        return not bool(canvas.block_masked().any())
+        return canvas.block_done()
 
     def _previous(self, start: int, probs: torch.Tensor) -> torch.Tensor:
         """The previous pass's probabilities at ``start ...``, zeros where it did not compute them."""
@@ -165,8 +165,7 @@ class KlassPolicy(DecodingRule):
             )
             return (rank < self.schedule.count(canvas)) & masked  # one count for every row (a host int)
         # Dream: the mask with the highest sample_tokens confidence (drawn over the masks, RNG order)
-        block_logits = logits[:, _window(rows, canvas)]
-        sampled, _ = dream_sample_tokens(block_logits[masked], s.temperature, s.top_p, s.top_k)
-        scores = torch.full(masked.shape, -torch.inf, dtype=sampled.dtype, device=masked.device)
-        scores[masked] = sampled
-        return _first_best(scores, masked, largest=True)
+        # (gathered with the mask count of the step's one read, not by boolean indexing)
+        candidates, flat = gather_candidates(logits[:, _window(rows, canvas)], masked, sum(canvas.masks_left()))
+        sampled, _ = dream_sample_tokens(candidates, s.temperature, s.top_p, s.top_k)
+        return _first_best(spread(flat, sampled, masked.shape, -torch.inf), masked, largest=True)
