@@ -231,6 +231,16 @@ def shrink(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+# what shrink() replaces: a smoke point's name must not claim the full-size value (its hash still differs)
+SHRUNK_SETTINGS = {"gen_length", "max_new_tokens", "steps", "block_length", "num_fewshot", "lengths", "depths"}
+
+
+def smoke_point(point: Point) -> Point:
+    """The point's name without the settings the smoke scope overrides, marked ``smoke``."""
+    kept = tuple(s for s in point.settings if s.split("=", 1)[0] not in SHRUNK_SETTINGS)
+    return Point(point.preset, (*kept, "smoke"))
+
+
 def _spread(values: list, count: int) -> list:
     if len(values) <= count:
         return values
@@ -251,7 +261,7 @@ def run_local(name: str, scope: Scope, extra: list[str], added_methods: list[str
         try:
             cfg, point = compose_point([*job, f"results_root={scope.results}"])
             if scope.name == "smoke":
-                cfg = shrink(cfg)
+                cfg, point = shrink(cfg), smoke_point(point)
             done = finished(cfg, point)
             evaluate(cfg, point)
             outcome = "already done" if done else "ran"

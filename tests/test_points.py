@@ -133,3 +133,10 @@ def test_a_sweep_logs_one_summary_run_in_its_group_with_speedups(tmp_path, monke
     assert run.init["group"] == "sweep_x-2026-12-03_09-00-00" and run.init["job_type"] == "sweep"
     assert run.summary["speedup_vs_vanilla/m/gsm8k/sparse_dllm keep_ratio=0.25"] == 2.0
     assert "points" in run.logged[-1]
+
+
+def test_smoke_points_do_not_claim_the_full_size_settings():
+    from experiments.reproduce import smoke_point
+
+    point = Point.from_overrides("fast_dllm_prefix", ["sampler.gen_length=512", "method.options.mode=dual"])
+    assert smoke_point(point).label == "fast_dllm_prefix mode=dual smoke"
