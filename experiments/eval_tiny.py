@@ -57,6 +57,7 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("klass", "policy_options.conf_threshold", [0.3, 0.6, 0.9]),
     ("klass", "policy_options.kl_threshold", [0.005, 0.015, 0.05, 0.2]),
     ("pc_sampler", "policy_options.lambd", [0.0, 0.25, 1.0]),
+    ("eb_sampler", "policy_options.gamma", [0.001, 0.01, 0.1, 1.0]),
 ]
 
 
