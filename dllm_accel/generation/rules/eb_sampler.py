@@ -54,14 +54,14 @@ class EBSamplerPolicy(DecodingRule):
     provenance: ClassVar[str] = "no official code (PC-Sampler repository's implementation)"
 
     def block_finished(self, canvas: Canvas) -> bool:
-        return not bool(canvas.block_masked().any())
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         s, block = canvas.settings, canvas.block_slice
         noisy = gumbel_max_logits(logits, s.temperature) if s.temperature > 0 else logits
         window = _window(rows, canvas)
         x0 = noisy[:, window].argmax(dim=-1)
-        entropy = torch.distributions.Categorical(logits=logits[:, window]).entropy()
+        entropy = torch.distributions.Categorical(logits=logits[:, window], validate_args=False).entropy()
         index = torch.zeros_like(canvas.x, dtype=torch.bool)
         index[:, block] = entropy_bounded_index(entropy, canvas.block_masked(), self.config.gamma)
         tokens = canvas.x.clone()

@@ -78,7 +78,7 @@ class WinoPolicy(DecodingRule):
         self.last_accept = torch.full((canvas.x.shape[0],), FIRST_LAST_ACCEPT, device=canvas.x.device)
 
     def block_finished(self, canvas: Canvas) -> bool:
-        return not bool(canvas.block_masked().any())
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         s, block = canvas.settings, canvas.block_slice
