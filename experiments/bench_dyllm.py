@@ -247,17 +247,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--before", default=BEFORE)
     parser.add_argument("--quick", action="store_true", help="2 tiny samples, 1 round, a mid run of gen 64")
+    parser.add_argument("--only", choices=("tiny", "mid"), help="one of the two settings")
+    parser.add_argument("--gen", type=int, default=256, help="mid-size model: tokens generated (= steps)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before_cls = load_before(args.before)
-    samples, rounds, gen = (2, 1, 64) if args.quick else (args.samples, args.rounds, 256)
+    samples, rounds, gen = (2, 1, 64) if args.quick else (args.samples, args.rounds, args.gen)
     rows = []
     with torch.no_grad():
-        model, cases = tiny_cases(samples)
-        generate(model, cases[0][1], method="vanilla", **cases[0][2])  # warm-up
-        rows += compare(model, cases, before_cls, rounds)
-        model, cases = mid_cases(args.mid_samples, gen, 256)
-        rows += compare(model, cases, before_cls, rounds)
+        if args.only != "mid":
+            model, cases = tiny_cases(samples)
+            generate(model, cases[0][1], method="vanilla", **cases[0][2])  # warm-up
+            rows += compare(model, cases, before_cls, rounds)
+        if args.only != "tiny":
+            model, cases = mid_cases(args.mid_samples, gen, 256)
+            rows += compare(model, cases, before_cls, rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
