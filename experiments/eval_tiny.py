@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/eval_tiny.py                       # presets x tasks + the passkey sweeps
     .venv/bin/python experiments/eval_tiny.py --samples 10 --no-sweeps --out /tmp/tiny
+    .venv/bin/python experiments/eval_tiny.py --only dkv_cache --out results/tiny/caches
 
 Every method preset in ``conf/method`` runs at its default settings on held-out samples of each
 task (the preset's sampler overrides, in the task's generation window); the sweeps vary one
@@ -58,6 +59,7 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("klass", "policy_options.kl_threshold", [0.005, 0.015, 0.05, 0.2]),
     ("pc_sampler", "policy_options.lambd", [0.0, 0.25, 1.0]),
     ("eb_sampler", "policy_options.gamma", [0.001, 0.01, 0.1, 1.0]),
+    ("d2_cache", "current_k", [2, 8, 32]),
 ]
 
 

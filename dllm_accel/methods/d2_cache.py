@@ -182,7 +182,6 @@ class D2Cache(ForwardStrategy):
         if self.conf_cache is None or not c.frozen_confidence:
             self.conf_cache = confidence
         remaining = canvas.x[:, start:] == canvas.mask_id
-        gen = remaining.shape[1]
         # the official block mask is narrowed in place to the masks before the step (check_can_generate)
         block = torch.zeros_like(remaining)
         block[:, canvas.block_start - start : canvas.block_end - start] = True
@@ -199,7 +198,6 @@ class D2Cache(ForwardStrategy):
         if c.inflate_w > 0:
             q_mask |= _inflate(q_mask, c.inflate_w)
         self.q_mask, self.importance, self.density_score = q_mask, importance, scores
-        assert gen == scores.shape[1]
 
     def _masked_rows(self, remaining: torch.Tensor, block: torch.Tensor):
         """The ``current_k`` masks to recompute, and the weighted scores that ranked them.

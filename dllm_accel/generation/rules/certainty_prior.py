@@ -120,17 +120,13 @@ class CertaintyPriorPolicy(DecodingRule):
         return Commit(index=index, tokens=tokens, confidence=None)
 
     def _choose(self, scores: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-        """Per row: every score >= threshold (unless more than the eligible count), else the top n."""
-        n = self.config.num_transfer_tokens
-        available = eligible.sum(dim=1)
-        chosen = torch.zeros_like(eligible)
-        for b, count in enumerate(available.tolist()):  # the step's one host read
-            want = min(n, count)
-            if self.config.threshold is not None:
-                above = scores[b] >= self.config.threshold
-                if want <= int(above.sum()) <= count:
-                    chosen[b] = above
-                    continue
-            if want > 0:
-                chosen[b, torch.topk(scores[b], want).indices] = True
-        return chosen
+        """Per row: every score >= threshold when at least n reach it, else the top n (fewer when fewer
+        are eligible), without reading the device."""
+        n = min(self.config.num_transfer_tokens, scores.shape[1])
+        want = torch.clamp(eligible.sum(dim=1, keepdim=True), max=n)
+        ranked = torch.topk(scores, n, dim=1).indices
+        top = torch.zeros_like(eligible).scatter_(1, ranked, torch.arange(n, device=scores.device)[None, :] < want)
+        if self.config.threshold is None:
+            return top
+        above = (scores >= self.config.threshold) & eligible
+        return torch.where(above.sum(dim=1, keepdim=True) >= want, above, top)
