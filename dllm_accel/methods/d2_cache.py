@@ -106,8 +106,9 @@ class D2Cache(ForwardStrategy):
             order = torch.arange(length, device=canvas.x.device).expand(batch, -1)
             active = torch.ones_like(canvas.x, dtype=torch.bool)
         else:
-            active = self._top_up(self.q_mask)
-            width = int(active.sum(dim=1).max())  # the step's one host read: rows per sequence
+            counts = self.q_mask.sum(dim=1).tolist()  # the pass's one host read: rows per sequence
+            width = max(counts)
+            active = self._top_up(self.q_mask, counts, width)
             order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]
         if self.config.record_rows:
             self.computed_rows.append([] if self.q_mask is None else [r.nonzero().flatten().tolist() for r in active])
@@ -153,17 +154,15 @@ class D2Cache(ForwardStrategy):
         self.scored = None if self.config.score_uncomputed else computed
         return full[:, start:]
 
-    def _top_up(self, q_mask: torch.Tensor) -> torch.Tensor:
+    def _top_up(self, q_mask: torch.Tensor, counts: list[int], width: int) -> torch.Tensor:
         """Every row gets the widest row's count: masks by density first, then by rollout."""
-        counts = q_mask.sum(dim=1)
-        target = counts.max()
-        if bool((counts == target).all()):
+        if min(counts) == width:
             return q_mask
         gen = self.density_score.shape[1]
         scores = torch.where(q_mask, -torch.inf, self.importance)
         scores[:, -gen:] += scores.max() + self.density_score
-        need = target - counts
-        order = torch.topk(scores, int(need.max()), dim=1).indices
+        need = width - q_mask.sum(dim=1)
+        order = torch.topk(scores, width - min(counts), dim=1).indices
         take = torch.arange(order.shape[1], device=order.device)[None, :] < need[:, None]
         return q_mask.clone().scatter_(1, torch.where(take, order, order[:, :1]), take) | q_mask
 
@@ -205,7 +204,8 @@ class D2Cache(ForwardStrategy):
         ``block`` holds the block's masks before the step; its size is the rounding unit of the search end.
         """
         k, gen = self.config.current_k, remaining.shape[1]
-        block_size = block.sum(dim=1, keepdim=True)
+        # a row whose block is already full (padded batches) selects as if its block had one mask
+        block_size = block.sum(dim=1, keepdim=True).clamp_min(1)
         meets = torch.cumsum(remaining.int(), dim=1) >= k
         end = torch.argmax(meets.int(), dim=1, keepdim=True)
         end = torch.where(meets.any(dim=1, keepdim=True), end, torch.full_like(end, gen - 1))

@@ -58,7 +58,7 @@ def certainty_density(decoded: torch.Tensor, sigma: float) -> torch.Tensor:
     batch, length = decoded.shape
     device = decoded.device
     padded = F.pad(decoded.float(), (length, length), "constant", 1.0)
-    padded[~decoded[:, -1], 2 * length :] = 0.0
+    padded[:, 2 * length :] *= decoded[:, -1:].float()
     extended = 3 * length
     size = 2 * extended
     dist = torch.cat((torch.arange(extended, device=device), torch.arange(-extended, 0, device=device)))
