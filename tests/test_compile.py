@@ -35,15 +35,20 @@ def _graphs() -> int:
 
 
 @pytest.mark.slow
-def test_compiled_vanilla_matches_official_with_one_graph_for_every_prompt_length():
+def test_compiled_vanilla_matches_official_with_two_graphs_for_any_prompt_lengths():
     cases = [c for c in load_cases("llada_generate.json") if c["attention_mask"] is None and not c.get("rng_dependent")]
-    cases = [c for c in cases if c["settings"].get("cfg_scale", 0) == 0][:4]
-    assert len({len(c["prompt_ids"][0]) + c["settings"]["gen_length"] for c in cases}) >= 3  # lengths differ
+    by_length = {}  # one case per sequence length: each new length would be a recompilation
+    for case in cases:
+        if case["settings"].get("cfg_scale", 0) == 0:
+            by_length.setdefault(len(case["prompt_ids"][0]) + case["settings"]["gen_length"], case)
+    cases = list(by_length.values())[:4]
+    assert len(cases) == 4
     before = _graphs()
     for case in cases:
         out = generate(tiny_model("llada"), torch.tensor(case["prompt_ids"]), compile=True, **case["settings"])
         assert out.sequences.tolist() == case["expected_output_ids"], case["name"]
-    assert _graphs() - before <= 1  # the dense pass is compiled once, dynamic in length
+    # dynamo compiles the first length static, then once more dynamic in length: 4 lengths, 2 graphs
+    assert _graphs() - before <= 2
 
 
 # -- every official fixture case, compiled ------------------------------------------------
