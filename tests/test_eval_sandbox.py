@@ -251,3 +251,12 @@ def test_a_solution_cannot_answer_for_the_tests_builtins_or_import_for_them():
     assert run_check("def f():\n    return 3\n", "assert abs(f() - 3) < 1e-6\n", LIMITS).passed
     assert importable("math") and importable("numpy.linalg") and importable("collections.abc")
     assert not any(map(importable, ["unittest.__main__", "json.__main__", "antigravity", "idlelib", "os2"]))
+
+
+def test_an_interpreter_under_tmp_is_bound_after_the_private_tmp(monkeypatch):
+    """A checkout (and its venv) under /tmp, as CI may clone it, must not be hidden by the sandbox's /tmp."""
+    from dllm_accel.eval import sandbox as module
+
+    monkeypatch.setattr(module, "_interpreter_roots", lambda: ["/tmp/ci/repo/.venv"])
+    argv = module.bwrap_argv(module.Limits())
+    assert argv.index("/tmp/ci/repo/.venv") > argv.index("--tmpfs")

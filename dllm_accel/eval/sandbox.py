@@ -117,11 +117,12 @@ def bwrap_argv(limits: Limits) -> list[str]:
     argv += ["--ro-bind", "/usr", "/usr"]
     for kind, path in _system_dirs():
         argv += ["--symlink", os.readlink(path), path] if kind == "symlink" else ["--ro-bind", path, path]
+    argv += ["--dev", "/dev", "--proc", "/proc"]
+    argv += ["--size", str(limits.file_size_mb * 4 * 1024 * 1024), "--tmpfs", "/tmp"]
+    # after the private /tmp, so an interpreter or venv that lives under /tmp stays visible (read-only)
     for root in _interpreter_roots():
         argv += ["--ro-bind", root, root]
-    argv += ["--dev", "/dev", "--proc", "/proc"]
-    argv += ["--size", str(limits.file_size_mb * 4 * 1024 * 1024), "--tmpfs", "/tmp", "--chdir", "/tmp"]
-    return argv
+    return [*argv, "--chdir", "/tmp"]
 
 
 def unshare_argv(limits: Limits) -> list[str]:
