@@ -6,6 +6,7 @@ from functools import cache
 
 import pytest
 import torch
+import yaml
 from lm_eval.api.instance import Instance
 
 from dllm_accel.eval import lm as lm_module
@@ -16,7 +17,7 @@ from dllm_accel.eval.lm import DiffusionLM
 from dllm_accel.eval.prompting import PromptFormat, encode, render_prompt
 from dllm_accel.methods import available_methods, method_class
 from dllm_accel.models import load_model, load_tokenizer
-from dllm_accel.paths import fixtures_dir, tiny_checkpoint
+from dllm_accel.paths import REPO_ROOT, fixtures_dir, tiny_checkpoint
 from dllm_accel.results import RunStore
 
 CONTEXTS = [
@@ -60,10 +61,23 @@ def _fields(method: str) -> set[str]:
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("method", available_methods())
 def test_left_padded_batches_give_the_batch_1_answers(family, method):
-    """Identical completions for every prompt imply identical accuracy under any scorer."""
-    single = _lm(family, method, batch_size=1).generate_until(_requests())
-    batched = _lm(family, method, batch_size=3).generate_until(_requests())
+    """Identical completions for every prompt imply identical accuracy under any scorer; a method that
+    cannot promise that refuses padded batches in one line instead."""
+    sampler = SAMPLER | _preset_decoding(method)
+    single = _lm(family, method, batch_size=1, sampler=sampler).generate_until(_requests())
+    if not method_class(method).supports_padding:
+        with pytest.raises(ValueError, match=f"method '{method}' does not run left-padded batches"):
+            _lm(family, method, batch_size=3, sampler=sampler).generate_until(_requests())
+        return
+    batched = _lm(family, method, batch_size=3, sampler=sampler).generate_until(_requests())
     assert batched == single
+
+
+def _preset_decoding(method: str) -> dict:
+    """The decoding rule a method's own preset names (a method may accept only its own rule)."""
+    path = REPO_ROOT / "conf" / "method" / f"{method}.yaml"
+    sampler = (yaml.safe_load(path.read_text()).get("sampler") or {}) if path.is_file() else {}
+    return {k: v for k, v in sampler.items() if k in ("policy", "policy_options", "alg")}
 
 
 def test_a_prompt_longer_than_the_context_is_a_sample_error(tmp_path):

@@ -27,6 +27,7 @@ class ForwardStrategy(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     supports_cfg: ClassVar[bool] = False
+    supports_padding: ClassVar[bool] = True  # False: refuse left-padded batches rather than answer differently
     # why the method cannot drive a block-causal model (LLaDA2), which decodes with its own sampler
     block_causal_reason: ClassVar[str] = (
         "it reuses what bidirectional full-sequence passes computed, and that reuse has not been "
@@ -40,6 +41,10 @@ class ForwardStrategy(ABC):
         """Reject sampler settings this method cannot honour, before any forward."""
         if canvas.settings.cfg_scale > 0 and not self.supports_cfg:
             raise ValueError(f"method {self.name!r} does not support cfg_scale > 0 (got {canvas.settings.cfg_scale})")
+        if canvas.key_mask is not None and not self.supports_padding:
+            raise ValueError(
+                f"method {self.name!r} does not run left-padded batches (prompts of different lengths): use batch_size=1"
+            )
 
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
         """The policy the loop decodes with; a method whose passes cannot score some

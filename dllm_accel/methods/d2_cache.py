@@ -74,6 +74,9 @@ class D2Cache(ForwardStrategy):
     Config = D2CacheConfig
     config: D2CacheConfig
     supports_cfg: ClassVar[bool] = False
+    # its official cases are unpadded (the official LLaDA model shifts positions past pads, our LLaDA does not),
+    # and a padded row would not equal its batch-1 run
+    supports_padding: ClassVar[bool] = False
 
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
         if not isinstance(policy, CertaintyPriorPolicy):
