@@ -69,6 +69,23 @@ def _shared_slots(prefix: str, core: str) -> dict[str, list[Slot]]:
     return {f"{prefix}.{p}_proj.weight": [Slot(f"{core}.shared_{p}.weight")] for p in ("gate", "up", "down")}
 
 
+def _feed_forward_slots(
+    spec: ModelSpec, i: int, official: str, core: str, expert_bias: str | None, shared: str
+) -> dict[str, list[Slot]]:
+    """Layer ``i``'s feed-forward: a dense MLP on non-MoE layers, else router, experts and the
+    shared expert. ``expert_bias`` and ``shared`` are the family's checkpoint names for them."""
+    moe = spec.moe
+    if not moe.layers[i]:
+        return _mlp_slots(f"{official}.mlp", core)
+    slots = {f"{official}.mlp.gate.weight": [Slot(f"{core}.moe.router.weight")]}
+    if expert_bias is not None:
+        slots[expert_bias] = [Slot(f"{core}.moe.expert_bias")]
+    slots.update(_expert_slots(f"{official}.mlp.experts", f"{core}.moe", moe.n_experts))
+    if moe.shared_hidden:
+        slots.update(_shared_slots(shared, f"{core}.moe"))
+    return slots
+
+
 _GLOBAL_KEYS_LLADA_MOE = {
     "model.embed_tokens.weight": "embed.weight",
     "model.norm.weight": "final_norm.weight",
@@ -157,16 +174,8 @@ def _llada_moe_layer(spec: ModelSpec, i: int) -> dict[str, list[Slot]]:
     if spec.qk_norm:
         slots[f"{official}.self_attn.q_norm.weight"] = [Slot(f"{core}.q_norm_layer.weight")]
         slots[f"{official}.self_attn.k_norm.weight"] = [Slot(f"{core}.k_norm_layer.weight")]
-    moe = spec.moe
-    if not moe.layers[i]:
-        slots.update(_mlp_slots(f"{official}.mlp", core))
-        return slots
-    slots[f"{official}.mlp.gate.weight"] = [Slot(f"{core}.moe.router.weight")]
-    if moe.expert_bias:
-        slots[f"{official}.mlp.expert_bias"] = [Slot(f"{core}.moe.expert_bias")]
-    slots.update(_expert_slots(f"{official}.mlp.experts", f"{core}.moe", moe.n_experts))
-    if moe.shared_hidden:
-        slots.update(_shared_slots(f"{official}.shared_expert", f"{core}.moe"))
+    bias = f"{official}.mlp.expert_bias" if spec.moe.expert_bias else None
+    slots.update(_feed_forward_slots(spec, i, official, core, bias, f"{official}.shared_expert"))
     return slots
 
 
@@ -303,15 +312,8 @@ def _llada2_layer(spec: ModelSpec, i: int) -> dict[str, list[Slot]]:
     if spec.qk_norm:
         slots[f"{official}.attention.query_layernorm.weight"] = [Slot(f"{core}.q_norm_layer.weight")]
         slots[f"{official}.attention.key_layernorm.weight"] = [Slot(f"{core}.k_norm_layer.weight")]
-    moe = spec.moe
-    if not moe.layers[i]:
-        slots.update(_mlp_slots(f"{official}.mlp", core))
-        return slots
-    slots[f"{official}.mlp.gate.weight"] = [Slot(f"{core}.moe.router.weight")]
-    slots[f"{official}.mlp.gate.expert_bias"] = [Slot(f"{core}.moe.expert_bias")]
-    slots.update(_expert_slots(f"{official}.mlp.experts", f"{core}.moe", moe.n_experts))
-    if moe.shared_hidden:
-        slots.update(_shared_slots(f"{official}.mlp.shared_experts", f"{core}.moe"))
+    bias = f"{official}.mlp.gate.expert_bias"
+    slots.update(_feed_forward_slots(spec, i, official, core, bias, f"{official}.mlp.shared_experts"))
     return slots
 
 
