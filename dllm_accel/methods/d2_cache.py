@@ -41,6 +41,9 @@ from .base import ForwardStrategy, MethodConfig
 from .fast_dllm_cache import BlockKVCache
 from .registry import register
 
+# keys of the next pass's widest and narrowest row counts, read with the step's block-end check
+WIDTH, NARROWEST = "d2_cache.width", "d2_cache.narrowest"
+
 
 @dataclass
 class D2CacheConfig(MethodConfig):
@@ -109,9 +112,9 @@ class D2Cache(ForwardStrategy):
             order = torch.arange(length, device=canvas.x.device).expand(batch, -1)
             active = torch.ones_like(canvas.x, dtype=torch.bool)
         else:
-            counts = self.q_mask.sum(dim=1).tolist()  # the pass's one host read: rows per sequence
-            width = max(counts)
-            active = self._top_up(self.q_mask, counts, width)
+            # the widest and narrowest row counts, read with the last step's block-end check
+            width, narrowest = canvas.host_value(WIDTH), canvas.host_value(NARROWEST)
+            active = self._top_up(self.q_mask, narrowest, width)
             order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]
         if self.config.record_rows:
             self.computed_rows.append([] if self.q_mask is None else [r.nonzero().flatten().tolist() for r in active])
@@ -157,15 +160,15 @@ class D2Cache(ForwardStrategy):
         self.scored = None if self.config.score_uncomputed else computed
         return full[:, start:]
 
-    def _top_up(self, q_mask: torch.Tensor, counts: list[int], width: int) -> torch.Tensor:
+    def _top_up(self, q_mask: torch.Tensor, narrowest: int, width: int) -> torch.Tensor:
         """Every row gets the widest row's count: masks by density first, then by rollout."""
-        if min(counts) == width:
+        if narrowest == width:
             return q_mask
         gen = self.density_score.shape[1]
         scores = torch.where(q_mask, -torch.inf, self.importance)
         scores[:, -gen:] += scores.max() + self.density_score
         need = width - q_mask.sum(dim=1)
-        order = torch.topk(scores, width - min(counts), dim=1).indices
+        order = torch.topk(scores, width - narrowest, dim=1).indices
         take = torch.arange(order.shape[1], device=order.device)[None, :] < need[:, None]
         return q_mask.clone().scatter_(1, torch.where(take, order, order[:, :1]), take) | q_mask
 
@@ -200,6 +203,9 @@ class D2Cache(ForwardStrategy):
         if c.inflate_w > 0:
             q_mask |= _inflate(q_mask, c.inflate_w)
         self.q_mask, self.importance, self.density_score = q_mask, importance, scores
+        counts = q_mask.sum(dim=1)
+        canvas.read_with_step(WIDTH, counts.max())
+        canvas.read_with_step(NARROWEST, counts.min())
 
     def _masked_rows(self, remaining: torch.Tensor, block: torch.Tensor):
         """The ``current_k`` masks to recompute, and the weighted scores that ranked them.

@@ -88,7 +88,7 @@ class CertaintyPriorPolicy(DecodingRule):
         self.confidence: torch.Tensor | None = None  # [B, G] the last step's raw confidences (-inf off candidates)
 
     def block_finished(self, canvas: Canvas) -> bool:
-        return not bool(canvas.block_masked().any())
+        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         s, start = canvas.settings, canvas.prompt_length
