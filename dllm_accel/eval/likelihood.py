@@ -59,9 +59,9 @@ def mask_draw(rows: int, target_len: int, device: torch.device) -> tuple[torch.T
     random subset (one permutation per row, drawn on the CPU as the official code draws them).
     """
     start = torch.randint(1, target_len + 1, (), device=device)
-    counts = torch.round(
-        torch.linspace(float(start), float(start) + (rows - 1) * (target_len / rows), steps=rows, device=device)
-    ).long()
+    # the end as the official code computes it: a float32 tensor sum, not a float64 one
+    end = start + (rows - 1) * (target_len / rows)
+    counts = torch.round(torch.linspace(float(start), end, steps=rows, device=device)).long()
     counts = (counts - 1) % target_len + 1
     ordered = torch.arange(target_len, device=device).repeat(rows, 1) < counts.unsqueeze(1)
     shuffled = torch.stack([ordered[row][torch.randperm(target_len)] for row in range(rows)])
@@ -86,20 +86,26 @@ def _logits(model, ids: torch.Tensor, prompt_len: int, cfg_scale: float) -> torc
 def elbo_loglikelihood(
     model, prefix: list[int], target: list[int], settings: LikelihoodSettings, cfg_scale: float = 0.0
 ) -> float:
-    """The Monte Carlo estimate of ``log p(target | prefix)`` (module docstring); one host sync."""
+    """The Monte Carlo estimate of ``log p(target | prefix)`` (module docstring).
+
+    One host read per Monte Carlo batch (the masked rows are selected, as the official code selects
+    them, so the sum runs in its order) and one at the end.
+    """
     device = model.device
     rows, length = settings.mc_batch_size, len(target)
     seq = torch.tensor(prefix + target, device=device).repeat(rows, 1)
     answer = seq[:, len(prefix) :]
-    total = torch.zeros((), dtype=torch.float32, device=device)
+    batch_losses = []
     for _ in range(settings.mc_num // rows):
         masked, ratio = mask_draw(rows, length, device)
         noisy = seq.clone()
         noisy[:, len(prefix) :] = torch.where(masked, model.spec.tokens.mask, answer)
-        logits = _logits(model, noisy, len(prefix), cfg_scale)[:, len(prefix) :].float()
-        loss = F.cross_entropy(logits.transpose(1, 2), answer, reduction="none")  # [rows, L]
-        total += (loss * masked / ratio.unsqueeze(1)).sum() / rows
-    return -(total / (settings.mc_num // rows)).item()
+        logits = _logits(model, noisy, len(prefix), cfg_scale)[:, len(prefix) :]
+        # only the masked rows, in the official order: cross-entropy over 1/p, summed row-major, then / rows
+        loss = F.cross_entropy(logits[masked].float(), answer[masked], reduction="none")
+        batch_losses.append((loss / ratio.unsqueeze(1).expand_as(masked)[masked]).sum() / rows)
+    losses = torch.stack(batch_losses).tolist()  # float32 per batch, averaged in float64 as the official code does
+    return -sum(losses) / len(losses)
 
 
 @torch.no_grad()
