@@ -33,6 +33,7 @@ class PaperTable:
 
 
 SPARSE_FAST = (("fast_dllm", "fast_dllm_dual"),)
+D2_CACHE = (("d2_cache", "d2_cache_certainty_prior"),)  # d2Cache always decodes with its certainty-prior rule
 PAPER_TABLES = (
     PaperTable("sparse_dllm_table1", "sparse_dllm", ("1a", "1b"), "Sparse-dLLM Table 1 (LLaDA-8B-Instruct, LLaDA-1.5)",
                SPARSE_FAST, rows="method"),
@@ -54,6 +55,11 @@ PAPER_TABLES = (
                "Fast-dLLM++ README (LLaDA-8B-Instruct: GSM8K/HumanEval 256 prefix, GSM8K 1024 dual)",
                (("threshold", "fast_dllm_prefix_parallel"), ("factor", "fast_dllm_prefix_parallel"))),
     PaperTable("wino_gsm8k", "wino", ("abstract",), "WINO (LLaDA-8B-Instruct GSM8K, the abstract's numbers)"),
+    PaperTable("d2_cache_table1", "d2_cache", ("1",), "d2Cache Table 1 (LLaDA-8B-Instruct, Dream-v0-7B-Instruct)",
+               D2_CACHE),
+    PaperTable("d2_cache_table2", "d2_cache", ("2",), "d2Cache Table 2 (decoding schemes, one block, Instruct models)",
+               D2_CACHE),
+    PaperTable("d2_cache_table4", "d2_cache", ("4",), "d2Cache Table 4 (LLaDA-8B-Base, Dream-v0-7B-Base)", D2_CACHE),
 )
 BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
 
@@ -93,6 +99,9 @@ METHOD_ORDER = (
     "wino",
     "klass",
     "pc_sampler",
+    "d2_cache",
+    "certainty_prior",
+    "d2_cache_certainty_prior",
 )
 
 PARALLEL_KEYS = ("threshold", "factor", "confidence_threshold")  # parallel decoding is a sampler setting

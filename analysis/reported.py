@@ -62,7 +62,10 @@ def load_reported(directory: str | Path = REPORTED_DIR) -> pd.DataFrame:
     files = sorted(Path(directory).glob("*.csv"))
     if not files:
         raise FileNotFoundError(f"no reported-number CSVs in {directory}")
-    frame = pd.concat([pd.read_csv(f, keep_default_na=False, na_values={"value": [""]}) for f in files])
+    # every column but ``value`` as text: a file whose table labels are all digits ("1", "2") would otherwise
+    # read them as integers, which no catalog entry's table names match
+    text = {c: str for c in COLUMNS if c != "value"}
+    frame = pd.concat([pd.read_csv(f, keep_default_na=False, na_values={"value": [""]}, dtype=text) for f in files])
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"reported CSVs in {directory} lack columns {missing}; expected {COLUMNS}")

@@ -190,3 +190,44 @@ def test_fast_dllm_tables_cell_by_cell(reported, table, model, heading):
         numbers = [float(n) for n in NUMBER.findall(cell)]
         got = [values(reported, metric=m, **where) for m in ("accuracy", "throughput", "speedup")]
         assert [v for vs in got for v in vs] == numbers, (label, column)
+
+
+def test_every_paper_table_finds_its_printed_numbers(reported):
+    """Each catalog entry selects rows of its paper (table labels are text, even when a file's are all digits)."""
+    from analysis.catalog import PAPER_TABLES
+
+    for table in PAPER_TABLES:
+        rows = reported[(reported["paper"] == table.paper) & reported["table"].isin(table.tables)]
+        assert not rows.empty, table.experiment
+
+
+# d2Cache Tables 1 and 4 print an AVG row (score over the four tasks) per model and method
+D2_AVERAGES = {
+    ("1", "llada_8b_instruct"): {"vanilla": 43.9, "dllm_cache": 43.1, "fast_dllm_prefix": 43.2, "d2_cache": 44.4},
+    ("1", "dream_7b_instruct"): {"vanilla": 57.6, "dllm_cache": 56.9, "fast_dllm_prefix": 57.4, "d2_cache": 60.6},
+    ("4", "llada_8b_base"): {"vanilla": 43.5, "dllm_cache": 42.3, "fast_dllm_prefix": 41.9, "d2_cache": 43.5},
+    ("4", "dream_7b_base"): {"vanilla": 53.3, "dllm_cache": 50.4, "fast_dllm_prefix": 48.1, "d2_cache": 56.9},
+}
+
+
+def test_d2_cache_tables_agree_with_their_own_ratios_and_averages(reported):
+    """Typed by hand from the paper: every printed speed-up is its throughput over vanilla's (to the printed
+    0.1), and every model's four scores average to the printed AVG row, so a mistyped cell shows."""
+    d2 = reported[reported["paper"] == "d2_cache"]
+    assert len(d2) == 2 * 2 * 4 * 4 * 3 + 2 * 3 * 4
+    for (table, model), averages in D2_AVERAGES.items():
+        for method, average in averages.items():
+            where = dict(table=table, model=model, method=method)
+            scores = values(d2, metric="accuracy", **where)
+            # the paper averages unrounded scores: within 0.1 of the mean of the printed ones
+            assert len(scores) == 4 and abs(sum(scores) / 4 - average) <= 0.1 + 1e-9, (table, model, method)
+            for task in ("gsm8k", "mbpp", "humaneval", "math500"):
+                base = values(d2, table=table, model=model, method="vanilla", task=task, metric="throughput")[0]
+                throughput = values(d2, metric="throughput", task=task, **where)[0]
+                speedup = values(d2, metric="speedup", task=task, **where)[0]
+                assert abs(throughput / base - speedup) <= 0.05 + 1e-9, (table, model, method, task)
+    # spot checks against the paper's text: Dream-Inst GSM8K 2.62 -> 12.25 tokens/s (4.7x)
+    gsm8k = dict(table="1", model="dream_7b_instruct", task="gsm8k")
+    assert values(d2, method="vanilla", metric="throughput", **gsm8k) == [2.62]
+    assert values(d2, method="d2_cache", metric="speedup", **gsm8k) == [4.7]
+    assert values(d2, table="2", model="llada_8b_instruct", method="certainty_prior", task="gsm8k") == [79.0]
