@@ -155,7 +155,7 @@ def run_row(
 
 
 def evaluate_all(model, tokenizer, args) -> list[dict]:
-    presets = runnable_presets()
+    presets = runnable_presets(model.spec)
     if args.only:
         presets = [e for e in presets if e["preset"] in args.only or e["preset"] == "vanilla"]
     rows = []
@@ -286,7 +286,7 @@ def measure_margins(model, tokenizer, ci_samples: int, out: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     table: dict[str, dict[str, float]] = {}
-    for entry in runnable_presets():
+    for entry in runnable_presets(model.spec):
         table[entry["preset"]] = {}
         for name in TASKS:
             samples = held_out_samples(name, ci_samples)

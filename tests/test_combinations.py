@@ -67,6 +67,7 @@ TUNED = {
     "dkv_cache": {
         "dkv_cache": {"refresh_interval": 4, "first_pass_caches": True},
         "dkv_cache_prefill": {"variant": "prefill", "first_pass_caches": True},
+        "dkv_cache_pd": {"variant": "pd", "refresh_interval": 4},
     },
     "d2_cache": {"d2_cache": {"current_k": 2}},
 }
@@ -108,6 +109,7 @@ REUSED = {
     "combined_dyllm_dual": lambda stats: stats["dyllm_sparse_steps"] > 0 and stats["salient_fraction_mean"] < 1,
     "dkv_cache": lambda stats: stats["cached_passes"] > 0,
     "dkv_cache_prefill": lambda stats: stats["cached_passes"] > 0,
+    "dkv_cache_pd": lambda stats: stats["cached_passes"] > 0,
     "d2_cache": lambda stats: stats["cached_passes"] > 0,
 }
 
@@ -129,7 +131,10 @@ def policy_settings(policy: str, family: str) -> dict:
 
 def documented_error(strategy: str, policy: str, family: str) -> str | None:
     """The error a pair that cannot compose must raise (None: it must run)."""
-    name = STRATEGIES[strategy][0]
+    name, options = STRATEGIES[strategy]
+    refusal = build_method(name, **options).model_refusal(tiny_model(family).spec)
+    if refusal is not None:  # the strategy does not run on this family, whatever the policy
+        return refusal
     if policy in available_rules():
         error = rule_error(strategy, policy, family)
         if error is None and name in ONLY_RULE and policy != ONLY_RULE[name][0]:

@@ -14,23 +14,26 @@ from dllm_accel import build_method, generate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dkv_cache"
 FAMILIES = ("llada", "dream")
+# (family, fixture file): decode on both families, Dream prefill, Dream pd
+DOCUMENTS = (("llada", "llada_dkv_cache"), ("dream", "dream_dkv_cache"), ("dream", "dream_dkv_cache_pd"))
+DREAM_VARIANTS = {"decoded": "decode", "prefill": "prefill", "pd": "pd"}
 
 
-def _load(family: str) -> list[dict]:
-    return json.loads((FIXTURES / f"{family}_dkv_cache.json").read_text())["cases"]
+def _load(name: str) -> list[dict]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())["cases"]
 
 
 def _cases():
-    return [(family, case) for family in FAMILIES for case in _load(family)]
+    return [(family, case) for family, name in DOCUMENTS for case in _load(name)]
 
 
 def _strategy(family: str, case: dict):
     s = case["settings"]
     if family == "llada":
         return build_method("dkv_cache", refresh_interval=s["cache_reloading_step"])
-    variant = "prefill" if s["cache_type"] == "prefill" else "decode"
+    variant = DREAM_VARIANTS[s["cache_type"]]
     options = {"variant": variant, "shift_type": s["shift_type"]}
-    if variant == "decode":
+    if variant != "prefill":
         options["refresh_interval"] = s["cache_steps"]
     return build_method("dkv_cache", **options)
 
@@ -99,9 +102,13 @@ def test_padded_row_equals_its_batch_of_one(family):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"variant": "greedy"}, "unknown dkv_cache variant 'greedy' (accepted: decode, prefill)"),
+        ({"variant": "greedy"}, "unknown dkv_cache variant 'greedy' (accepted: decode, prefill, pd)"),
         ({"refresh_interval": 0}, "dkv_cache refresh_interval=0 must be a positive integer"),
         ({"shift_type": "left"}, "unknown dkv_cache shift_type 'left' (accepted: un, right, un_right)"),
+        (
+            {"variant": "pd", "first_pass_caches": False},
+            "dkv_cache variant 'pd' caches the prompt in the first pass: first_pass_caches must be null or true",
+        ),
     ],
 )
 def test_bad_options_are_named(options, message):
@@ -114,3 +121,12 @@ def test_right_shift_is_refused_on_dream():
     prompt = torch.randint(0, 1600, (1, 8), generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match=re.escape("dkv_cache shift_type='right' on dream caches the row")):
         generate(tiny_model("dream"), prompt, method=build_method("dkv_cache", shift_type="right"), gen_length=8)
+
+
+def test_pd_is_refused_on_llada():
+    prompt = torch.randint(0, 1600, (1, 8), generator=torch.Generator().manual_seed(1))
+    message = (
+        "dkv_cache variant 'pd' is Dream's (the official code has it for Dream only), got llada: use variant 'decode'"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(tiny_model("llada"), prompt, method=build_method("dkv_cache", variant="pd"), gen_length=8)

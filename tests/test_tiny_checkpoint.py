@@ -34,6 +34,7 @@ from dllm_accel.train.evaluate import preset_settings, runnable_presets
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tiny-llada"
 RECORD = json.loads((REPO_ROOT / "results" / "tiny" / "tiny_ci_accuracy.json").read_text())
 CI_SAMPLES = RECORD["samples_per_task"]
+PRESETS = runnable_presets(load_spec(CHECKPOINT)[0])  # those that run on this (LLaDA-format) model
 
 
 @cache
@@ -49,7 +50,7 @@ def ci_samples(task: str):
 @cache
 def ci_accuracy(preset: str) -> dict[str, float]:
     model, tokenizer = tiny()
-    entry = next(e for e in runnable_presets() if e["preset"] == preset)
+    entry = next(e for e in PRESETS if e["preset"] == preset)
     return {
         name: evaluate_samples(
             model, tokenizer, task, ci_samples(name), method=entry["name"], **preset_settings(entry, task)
@@ -90,7 +91,7 @@ def test_vanilla_stays_above_its_floor(task):
     assert accuracy > TASKS[task].chance
 
 
-@pytest.mark.parametrize("preset", [e["preset"] for e in runnable_presets() if e["preset"] != "vanilla"])
+@pytest.mark.parametrize("preset", [e["preset"] for e in PRESETS if e["preset"] != "vanilla"])
 def test_preset_stays_within_its_margin_of_vanilla(preset):
     assert preset in RECORD["accuracy"], f"no recorded CI accuracy for {preset!r}: run experiments/eval_tiny.py --margins"
     vanilla, recorded, measured = RECORD["accuracy"]["vanilla"], RECORD["accuracy"][preset], ci_accuracy(preset)
@@ -115,7 +116,7 @@ def test_runner_task_scores_what_the_generator_scores(tmp_path, runner_task, met
     samples = held_out_samples(name, 4)
     assert [r["prompt_text"] for r in sorted(records, key=lambda r: r["doc_id"])] == [s.prompt for s in samples]
     model, tokenizer = tiny()
-    entry = next(e for e in runnable_presets() if e["preset"] == method)
+    entry = next(e for e in PRESETS if e["preset"] == method)
     direct = evaluate_samples(
         model, tokenizer, TASKS[name], samples, method=entry["name"], **preset_settings(entry, TASKS[name])
     )

@@ -16,6 +16,7 @@ from ..generation.canvas import Canvas, Commit
 from ..generation.policies import DecodingPolicy
 from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
+from ..models.spec import ModelSpec
 
 
 @dataclass
@@ -37,8 +38,16 @@ class ForwardStrategy(ABC):
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def model_refusal(self, spec: ModelSpec) -> str | None:
+        """Why this method, with its options, cannot run on models of ``spec`` (one line), or None.
+        Checked before any forward; tests and the tiny-model evaluation ask it which presets fit a model."""
+        return None
+
     def check(self, canvas: Canvas) -> None:
         """Reject sampler settings this method cannot honour, before any forward."""
+        refusal = self.model_refusal(canvas.spec)
+        if refusal is not None:
+            raise ValueError(refusal)
         if canvas.settings.cfg_scale > 0 and not self.supports_cfg:
             raise ValueError(f"method {self.name!r} does not support cfg_scale > 0 (got {canvas.settings.cfg_scale})")
         if canvas.key_mask is not None and not self.supports_padding:

@@ -18,14 +18,17 @@ Which positions are cacheable after a pass over ``x``:
   pass of a generation, whose set ends with the last row's own state (a mask).
 - ``variant='prefill'`` (Dream ``cache_type='prefill'``): only the prompt's rows (under the
   same shift), cached by the first pass and never refreshed.
+- ``variant='pd'`` (Dream ``cache_type='pd'``, ``modeling_dream_pd.py``): ``decode`` whose
+  refreshes skip the prompt: its rows keep the K/V of the generation's first pass, and a refresh
+  recomputes every other row. Dream only (the official code has it for Dream only).
 
 The official code feeds the uncached rows in an order with the cached keys behind them; the
 rows and keys are the same, so only float summation order differs. Kept beyond it: padded
 batches (every row recomputes the batch's largest uncached count; a row with fewer also
 feeds some of its cached rows, whose K/V are kept and whose outputs are never read), and the
 mask-aware padding semantics when ``legacy_ignore_attention_mask`` is off (the official LLaDA
-sampler passes no attention mask). The greedy variant (random remasking with a precomputed
-order and ``window_size`` neighbours) and Dream's ``pd`` are not implemented.
+sampler passes no attention mask). dKV-Cache-Greedy, whose fed rows follow the decoding order
+rather than the cache, is its own strategy (``dkv_cache_greedy``).
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ import torch
 
 from ..generation.canvas import Canvas
 from ..models.core import DiffusionTransformer
+from ..models.spec import ModelSpec
 from .base import ForwardStrategy, MethodConfig
 from .fast_dllm_cache import BlockKVCache
 from .registry import register
 
-VARIANTS = ("decode", "prefill")
+VARIANTS = ("decode", "prefill", "pd")
 SHIFT_TYPES = ("un", "right", "un_right")
 
 
@@ -53,9 +57,10 @@ WIDTH = "dkv_cache.width"
 class DKVCacheConfig(MethodConfig):
     """dKV-Cache options; defaults are the official scripts'.
 
-    variant: ``decode`` (cache decoded tokens, delayed one step) or ``prefill`` (the prompt only).
-    refresh_interval: a full pass every this many steps of a block (LLaDA ``cache_reloading_step``,
-        Dream ``cache_steps``); ``decode`` only.
+    variant: ``decode`` (cache decoded tokens, delayed one step), ``prefill`` (the prompt only) or
+        ``pd`` (Dream: ``decode`` with the prompt's first-pass K/V kept through refreshes).
+    refresh_interval: a refresh every this many steps of a block (LLaDA ``cache_reloading_step``,
+        Dream ``cache_steps``); ``decode`` and ``pd``.
     shift_type: which Dream rows a decoded token makes cacheable (LLaDA: its own row).
     first_pass_caches: whether a block's first pass already fills the cache; None = the family's
         official behaviour (LLaDA no, Dream yes).
@@ -79,6 +84,10 @@ class DKVCacheConfig(MethodConfig):
             raise ValueError(f"unknown dkv_cache shift_type {self.shift_type!r} (accepted: {', '.join(SHIFT_TYPES)})")
         if self.first_pass_caches is not None and not isinstance(self.first_pass_caches, bool):
             raise ValueError(f"dkv_cache first_pass_caches={self.first_pass_caches!r} must be true, false or null")
+        if self.variant == "pd" and self.first_pass_caches is False:
+            raise ValueError(
+                "dkv_cache variant 'pd' caches the prompt in the first pass: first_pass_caches must be null or true"
+            )
 
 
 @register
@@ -88,14 +97,19 @@ class DKVCache(ForwardStrategy):
     config: DKVCacheConfig
     supports_cfg: ClassVar[bool] = False
 
-    def check(self, canvas: Canvas) -> None:
-        super().check(canvas)
-        if canvas.spec.logit_shift and self.config.shift_type == "right":
-            raise ValueError(
-                f"dkv_cache shift_type='right' on {canvas.spec.family} caches the row that scores the next, still masked "
+    def model_refusal(self, spec: ModelSpec) -> str | None:
+        if spec.logit_shift and self.config.shift_type == "right":
+            return (
+                f"dkv_cache shift_type='right' on {spec.family} caches the row that scores the next, still masked "
                 "position; the official code then scores that mask from -inf logits (NaN), so it is not offered "
                 "(use 'un' or 'un_right')"
             )
+        if self.config.variant == "pd" and not spec.logit_shift:
+            return (
+                f"dkv_cache variant 'pd' is Dream's (the official code has it for Dream only), got {spec.family}: "
+                "use variant 'decode'"
+            )
+        return None
 
     def begin(self, model: DiffusionTransformer, canvas: Canvas) -> None:
         batch, length = canvas.x.shape
@@ -103,6 +117,7 @@ class DKVCache(ForwardStrategy):
         self.rope = model.rope_table(canvas.positions)
         self.hidden = torch.empty(batch, length, model.spec.d_model, dtype=model.dtype, device=model.device)
         self.valid = torch.zeros(batch, length, dtype=torch.bool, device=canvas.x.device)
+        self.prompt_rows = torch.zeros_like(self.valid)  # pd: the rows the block's first pass cached
         self.widths: list[int] = []  # rows fed per pass (the official forward's input length)
         for key in ("dense_passes", "cached_passes", "rows_computed", "rows_dense"):
             canvas.stats[key] = 0.0
@@ -113,31 +128,41 @@ class DKVCache(ForwardStrategy):
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         cacheable = self._cacheable(canvas)
-        full = self._full(canvas)
+        full, first = self._full(canvas), canvas.block_step == 0
         if full:
             hidden = self.cache.run(model, canvas.x, 0, self.rope, canvas.key_mask)
             self.hidden.copy_(hidden)
             width = canvas.length
-            first = canvas.block_step == 0
             keeps = not first or self._first_pass_caches(canvas)
         else:
             # the widest row's uncached rows, read with the last step's block-end check (or now)
             width = canvas.host_value(WIDTH)
+            if self.config.variant == "pd":
+                if canvas.block_step == 1:
+                    self.prompt_width = width  # the first pass cached the prompt rows only
+                if self._refresh(canvas):  # every row but the prompt's, which keep their first-pass K/V
+                    self.valid.copy_(self.prompt_rows)
+                    width = self.prompt_width
             self._run_uncached(model, canvas, width)
-            keeps = self.config.variant == "decode"  # prefill keeps its first set
+            keeps = self.config.variant != "prefill"  # prefill keeps its first set
         if keeps:
             self.valid.copy_(cacheable)
             self.has_cache = True
+        if first and self.config.variant == "pd":
+            self.prompt_rows.copy_(self.valid)
         canvas.read_with_step(WIDTH, (~self.valid).sum(dim=1).max())
         canvas.nfe += 1
         self._record(canvas, full, width)
         return self._block_logits(model, canvas)
 
     # -- which passes and rows ----------------------------------------------------------
+    def _refresh(self, canvas: Canvas) -> bool:
+        return self.config.variant != "prefill" and canvas.block_step % self.config.refresh_interval == 0
+
     def _full(self, canvas: Canvas) -> bool:
         if not self.has_cache:
             return True
-        return self.config.variant == "decode" and canvas.block_step % self.config.refresh_interval == 0
+        return self.config.variant == "decode" and self._refresh(canvas)
 
     def _first_pass_caches(self, canvas: Canvas) -> bool:
         if self.config.first_pass_caches is not None:

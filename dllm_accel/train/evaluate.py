@@ -10,6 +10,7 @@ import torch
 
 from ..api import generate
 from ..models.core import DiffusionTransformer
+from ..models.spec import ModelSpec
 from ..synthetic_tasks import Sample, SyntheticTask
 
 
@@ -54,13 +55,17 @@ def reference_settings(task: SyntheticTask) -> dict[str, Any]:
     return {"gen_length": d.gen_length, "steps": d.steps, "block_length": d.block_length, "temperature": 0.0}
 
 
-def runnable_presets() -> list[dict]:
-    """Every ``conf/method/*.yaml`` preset whose method is registered, with its file stem as ``preset``."""
+def runnable_presets(spec: ModelSpec | None = None) -> list[dict]:
+    """Every ``conf/method/*.yaml`` preset whose method is registered, with its file stem as ``preset``;
+    with ``spec``, only those whose method runs on such a model (``ForwardStrategy.model_refusal``)."""
     from ..demo import method_configs
-    from ..methods import available_methods
+    from ..methods import available_methods, build_method
 
     known = set(available_methods())
-    return [entry for entry in method_configs() if entry["name"] in known]
+    entries = [entry for entry in method_configs() if entry["name"] in known]
+    if spec is None:
+        return entries
+    return [e for e in entries if build_method(e["name"], **(e.get("options") or {})).model_refusal(spec) is None]
 
 
 def preset_settings(entry: dict, task: SyntheticTask) -> dict[str, Any]:
