@@ -23,11 +23,19 @@ from torch._dynamo.utils import counters
 from dllm_accel import generate, load_model
 from dllm_accel.demo import method_configs
 from dllm_accel.methods.fast_dllm_cache import BlockKVCache
-from dllm_accel.models.compiled import compiling
+from dllm_accel.models.compiled import compiling, cosine_similarity
+from dllm_accel.models.core import rms_norm
 from dllm_accel.paths import tiny_checkpoint
 from dllm_accel.profiling import OpCounter, compiled_launches_per_layer
 
 PROMPT_LENGTHS = (12, 16, 20)
+
+
+@pytest.fixture(autouse=True)
+def _never_fall_back_to_eager():
+    """Past dynamo's recompile limit a pass would silently run eagerly, and a check would prove nothing."""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
 def _graphs() -> int:
@@ -49,6 +57,42 @@ def test_compiled_vanilla_matches_official_with_two_graphs_for_any_prompt_length
         assert out.sequences.tolist() == case["expected_output_ids"], case["name"]
     # dynamo compiles the first length static, then once more dynamic in length: 4 lengths, 2 graphs
     assert _graphs() - before <= 2
+
+
+# -- reductions: bit-identical to eager ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_compiled_norm_and_similarity_are_bit_identical_to_eager(dtype):
+    """A fused sum adds in another order than aten's (1 ulp), enough to flip dLLM-Cache's near-tied
+    V-similarity picks; the compiled RMSNorm and cosine similarity must equal eager bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(3, 37, 128, generator=generator).mul(3).to(dtype) for _ in range(2))
+    weight = torch.randn(128, generator=generator).to(dtype)
+    with compiling(True):
+        fused = torch.compile(lambda a, b, w: (rms_norm(a, w, 1e-5), cosine_similarity(a, b)), dynamic=True)
+        norm, similarity = fused(x, y, weight)
+    assert torch.equal(norm, rms_norm(x, weight, 1e-5))
+    assert torch.equal(similarity, torch.nn.functional.cosine_similarity(x, y, dim=-1))
+
+
+@pytest.mark.slow
+def test_compiled_dllm_cache_holds_its_near_tied_case_and_stops_compiling():
+    """The paper-era case whose V-similarity pick has near-ties (the fused sum flipped one), with every
+    pass compiled; then two more prompt lengths: the second of them compiles nothing."""
+    case = next(c for f, c in test_dllm_cache._cases() if c["name"].startswith("llada_paper_kp8_kr3_rho0.25"))
+    with compiling(True):
+        test_dllm_cache.test_matches_official("llada", case)
+    model = tiny_model("llada")
+    options = {"prompt_interval_steps": 8, "gen_interval_steps": 3, "transfer_ratio": 0.25, "layer0_refresh": "paper"}
+    for i, length in enumerate(PROMPT_LENGTHS[1:]):
+        prompt = torch.arange(5, 5 + length).view(1, length) + 10
+        settings = {"method": "dllm_cache", "gen_length": 32, "steps": 32, "block_length": 8, **options}
+        eager = generate(model, prompt, **settings)
+        before = _graphs()
+        compiled = generate(model, prompt, compile=True, **settings)
+        assert torch.equal(compiled.sequences, eager.sequences), length
+        if i == 1:
+            assert _graphs() == before, "a third prompt length recompiled"
 
 
 # -- every official fixture case, compiled ------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 
 from ..generation.canvas import Canvas
 from ..generation.settings import SettingsError
-from ..models.compiled import eager
+from ..models.compiled import compiled_pass
 from ..models.core import DiffusionTransformer
 from .base import ForwardStrategy, MethodConfig, scored_rows
 from .dllm_cache_layer import LayerCache, LayerRecord, PassContext, Refresh, run_layer
@@ -127,13 +127,11 @@ class DLLMCache(ForwardStrategy):
         return Refresh.of(prompt, gen)
 
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
-        """Layers run eagerly even with ``compile=True``: the V-similarity pick has near-ties that
-        the fused RMSNorm's different rounding flips (fixture ``llada_paper_kp8_kr3_rho0.25``)."""
+        layer = compiled_pass(run_layer)
         x = model.embed(canvas.x)
         records, rows = [], 0
         for i, (block, cache) in enumerate(zip(model.blocks, self.caches, strict=True)):
-            with eager():
-                x, record, computed = run_layer(block, cache, x, self.branch(i), self.context)
+            x, record, computed = layer(block, cache, x, self.branch(i), self.context)
             records.append(record)
             rows += computed
         self.step += 1

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
-import torch.nn.functional as F
 
+from ..models.compiled import cosine_similarity
 from ..models.core import Block
 from ..models.rope import RopeTable
 from ..models.spec import ModelSpec
@@ -75,7 +75,10 @@ class LayerRecord:
 def run_layer(
     block: Block, cache: LayerCache, x: torch.Tensor, branch: Refresh, ctx: PassContext
 ) -> tuple[torch.Tensor, LayerRecord, int]:
-    """The layer output, what it did, and how many rows went through attention and FFN."""
+    """The layer output, what it did, and how many rows went through attention and FFN.
+
+    One graph per refresh branch when compiled, shared by every layer (the blocks' weights are
+    inputs of the graph, not constants of it)."""
     record = LayerRecord(branch)
     index = _attention_half(block, cache, x, branch, ctx, record)
     h = x + cache.attn
@@ -122,7 +125,7 @@ def _select_by_value(
     p = ctx.prompt_length
     normed = block.attn_norm(x[:, p:])
     values = _flat(block.value(normed))
-    similarity = F.cosine_similarity(values, cache.v[:, p:], dim=-1)
+    similarity = cosine_similarity(values, cache.v[:, p:])
     index = torch.topk(similarity, k=ctx.num_selected, largest=False).indices
     picked = torch.gather(normed, 1, _rows(index, normed.shape[-1]))
     q, k, _ = block.qkv(picked)

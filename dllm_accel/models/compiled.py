@@ -9,8 +9,13 @@ eager rounds at is rounded at in the fused kernels too, so bf16 outputs stay ide
 - the small primitives every method composes (RMSNorm, RoPE, the SwiGLU gate) are marked
   ``@fusable``: inside a compiled pass they are traced like any code, and in a method whose
   pass is not compiled as a whole (data-dependent rows) each runs as one fused kernel.
-  RoPE and SwiGLU are bit-identical to eager; RMSNorm's fused sum differs by an ulp, so a
-  method whose picks hang on such differences opts out with ``eager()`` (dLLM-Cache).
+
+Elementwise code fuses bit-identically (no contraction to FMA), but a fused sum adds in
+another order than aten's and differs by an ulp, enough to flip dLLM-Cache's near-tied
+value-similarity picks. So the reductions on the decision path (RMSNorm's mean square, the
+cosine similarity) are ``mean_square`` and ``cosine_similarity`` below: under compilation
+they are opaque operators that run aten's own kernel, so compiled and eager passes are
+bit-identical (``tests/test_compile.py`` checks it); everything around them still fuses.
 
 Compilation is switched on per generation by ``compiling(True)`` (the loop, decorated with
 ``honours_compile_setting``, does it when ``settings.compile``). Shapes that change between prompts are compiled dynamically after
@@ -41,7 +46,9 @@ def _configure() -> None:
 
     inductor.emulate_precision_casts = True  # round where eager rounds (bf16 intermediates)
     inductor.fallback_random = True  # never replace torch's RNG stream
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+    # one process may run many settings (dLLM-Cache: a graph per refresh branch, with and without
+    # transfer, batch 1 and more, per family); past the limit dynamo would silently run eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 def enabled() -> bool:
@@ -55,18 +62,6 @@ def compiling(on: bool) -> Iterator[None]:
     _state["enabled"] = previous or on
     if _state["enabled"]:
         _configure()
-    try:
-        yield
-    finally:
-        _state["enabled"] = previous
-
-
-@contextmanager
-def eager() -> Iterator[None]:
-    """Run the enclosed code eagerly even under ``compile``: for a method whose decisions hang on
-    sub-ulp differences (fused reductions round differently from aten's), exactness comes first."""
-    previous = _state["enabled"]
-    _state["enabled"] = False
     try:
         yield
     finally:
@@ -129,3 +124,38 @@ def static_buffers(*tensors: torch.Tensor) -> None:
         for t in tensors:
             if t.is_cuda:
                 torch._dynamo.mark_static_address(t)
+
+
+# -- reductions in eager's order -------------------------------------------------------
+@torch.library.custom_op("dllm_accel::mean_square", mutates_args=())
+def _aten_mean_square(h: torch.Tensor) -> torch.Tensor:
+    return h.pow(2).mean(-1, keepdim=True)
+
+
+@_aten_mean_square.register_fake
+def _(h: torch.Tensor) -> torch.Tensor:
+    return h.new_empty((*h.shape[:-1], 1))
+
+
+@torch.library.custom_op("dllm_accel::cosine_similarity", mutates_args=())
+def _aten_cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+@_aten_cosine_similarity.register_fake
+def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape)[:-1])
+
+
+def mean_square(h: torch.Tensor) -> torch.Tensor:
+    """``h.pow(2).mean(-1, keepdim=True)``, summed in aten's order also inside compiled code."""
+    if torch.compiler.is_compiling():
+        return _aten_mean_square(h)
+    return h.pow(2).mean(-1, keepdim=True)
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity over the last dimension, in aten's order also inside compiled code."""
+    if torch.compiler.is_compiling():
+        return _aten_cosine_similarity(a, b)
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compiled import fusable
+from .compiled import fusable, mean_square
 from .moe import MoEFeedForward
 from .rope import RopeTable
 from .spec import ModelSpec
@@ -21,7 +21,7 @@ from .spec import ModelSpec
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise in fp32, cast back, then scale by the weight in the input dtype."""
     h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h * torch.rsqrt(mean_square(h) + eps)
     return weight * h.to(x.dtype)
 
 
