@@ -98,7 +98,8 @@ POLICIES = (
     *available_rules(),
 )
 LAYOUTS = {"blocks": {"gen_length": 8, "steps": 8, "block_length": 4}, "whole": {"gen_length": 8, "steps": 8}}
-CACHED_FAST_DLLM = {"fast_dllm_prefix", "fast_dllm_dual", "combined_dyllm_dual"}
+# strategies whose cached passes start at the block: LLaDA/Dream block samplers only
+CACHED_BLOCK_PASSES = {"fast_dllm_prefix", "fast_dllm_dual", "combined_dyllm_dual", "streaming_dllm"}
 # with a fixed count of steps every reuse strategy does reuse something (the stat that shows it)
 REUSED = {
     "dllm_cache": lambda stats: stats["recompute_fraction"] < 1,
@@ -111,6 +112,7 @@ REUSED = {
     "dkv_cache_prefill": lambda stats: stats["cached_passes"] > 0,
     "dkv_cache_pd": lambda stats: stats["cached_passes"] > 0,
     "d2_cache": lambda stats: stats["cached_passes"] > 0,
+    "streaming_dllm": lambda stats: stats["cached_passes"] > 0,
 }
 
 
@@ -146,9 +148,9 @@ def documented_error(strategy: str, policy: str, family: str) -> str | None:
         return ONLY_RULE[name][1]
     if policy == "factor" and family == "dream":
         return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
-    if strategy in CACHED_FAST_DLLM and policy.startswith("dyllm_engine"):
+    if strategy in CACHED_BLOCK_PASSES and policy.startswith("dyllm_engine"):
         return "decodes with sampler 'llada' or 'dream', got 'dyllm'"
-    if strategy in CACHED_FAST_DLLM and policy == "tokens_per_step" and family == "dream":
+    if strategy in CACHED_BLOCK_PASSES and policy == "tokens_per_step" and family == "dream":
         return "transfer_schedule='constant' cannot apply"
     if strategy == "sparse_dllm" and policy == "tokens_per_step" and family == "dream":
         return "the constant count of gen_length // steps = 2 per step cannot fill the generation in steps=4 steps"

@@ -19,6 +19,8 @@ class Commit:
     tokens: torch.Tensor
     # [B, L] the policy's ranking score of each committed position (higher = earlier), when it ranks
     confidence: torch.Tensor | None = None
+    # [B] rows this commit ends: it filled every position after their block, so they stop
+    finishes: torch.Tensor | None = None
 
     def counts(self) -> torch.Tensor:
         return self.index.sum(dim=1)
@@ -40,6 +42,7 @@ class Canvas:
     trajectory: list[torch.Tensor] | None = None
     stats: dict[str, float] = field(default_factory=dict)
     finished: torch.Tensor | None = None  # [B] bool rows stopped by the EOS early exit; None = never checked
+    emptied: torch.Tensor | None = None  # [B] bool rows a commit filled to the end (``Commit.finishes``)
     # positions the step's policy reads (open ends: the pass's own first or last row); strategies run
     # the final norm and head only there (``scored_rows``); set by the loop before each forward
     reads: slice = field(default_factory=lambda: slice(None))
@@ -55,6 +58,7 @@ class Canvas:
     _later: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _read: dict[str, int] = field(default_factory=dict, repr=False)
     _stopped: list[bool] | None = field(default=None, repr=False)
+    _emptied: list[bool] | None = field(default=None, repr=False)
 
     @classmethod
     def start(
@@ -112,14 +116,22 @@ class Canvas:
         return self.x[:, self.block_slice] == self.mask_id
 
     def begin_block(self, block: int) -> None:
-        """Enter ``block``. It holds only masks (commits never reach past the current block), so
-        every row has ``block_length`` of them: known without reading the device. Remembers
-        where the earliest block that may still hold masks starts (``open_from``)."""
+        """Enter ``block``. It holds only masks (commits never reach past the current block, but for a
+        fill to the end, which stops its row), so every row has ``block_length`` of them, or none when
+        filled: known without reading the device. Remembers where the earliest block that may still
+        hold masks starts (``open_from``)."""
         if block > 0 and self.open_from is None and (self._left is None or any(self._left)):
             self.open_from = self.block_start
         self.stopped()
         self.block, self.block_step = block, 0
-        self._left = [self.settings.block_length] * self.batch
+        emptied = self._emptied or [False] * self.batch
+        self._left = [0 if row else self.settings.block_length for row in emptied]
+
+    def stop_filled(self, rows: torch.Tensor) -> None:
+        """Stop ``rows`` [B] bool, whose commit filled every position after their block."""
+        self.finished = rows.clone() if self.finished is None else self.finished | rows
+        self.emptied = rows.clone() if self.emptied is None else self.emptied | rows
+        self._stopped = None
 
     def write(self, commit: Commit) -> None:
         self.x = torch.where(commit.index, commit.tokens, self.x)
@@ -141,14 +153,21 @@ class Canvas:
         parts = [self.block_masked().sum(dim=1)]
         if self.finished is not None:
             parts.append(self.finished.long())
+        if self.emptied is not None:
+            parts.append(self.emptied.long())
         parts += [torch.stack(checks).long()] if checks else []
         parts += [value.reshape(1).long() for _, value in later]
         values = torch.cat(parts).tolist()
         batch = self.batch
         self._left = values[:batch]
+        rows = 1
         if self.finished is not None:
             self._stopped = [bool(v) for v in values[batch : 2 * batch]]
-        rest = values[(2 if self.finished is not None else 1) * batch :]
+            rows += 1
+        if self.emptied is not None:
+            self._emptied = [bool(v) for v in values[rows * batch : (rows + 1) * batch]]
+            rows += 1
+        rest = values[rows * batch :]
         if checks:
             settle_samples([bool(v) for v in rest[: len(checks)]])
         self._read.update({key: value for (key, _), value in zip(later, rest[len(checks) :], strict=True)})

@@ -71,8 +71,10 @@ def denoise(
                     canvas.pass_rows = rows
                 commit = _without_finished(policy.select(logits, rows, canvas), canvas)
                 canvas.write(commit)
-                if canvas.finished is not None:
+                if resolved.eos_early_exit:
                     canvas.finished |= eos_exits(canvas, commit)
+                if commit.finishes is not None:
+                    canvas.stop_filled(commit.finishes)
                 strategy.after_commit(canvas, commit)
                 canvas.block_step += 1
                 canvas.step += 1

@@ -80,7 +80,9 @@ def score_range(
     return full_x0, full_conf, candidates
 
 
-def threshold_commit(x0: torch.Tensor, confidence: torch.Tensor, candidates: torch.Tensor, threshold: float) -> Commit:
+def threshold_commit(
+    x0: torch.Tensor, confidence: torch.Tensor, candidates: torch.Tensor, threshold: float | torch.Tensor
+) -> Commit:
     """Every candidate with confidence >= threshold, plus each row's most confident one."""
     index = candidates & (confidence >= threshold)
     best = torch.zeros_like(index).scatter_(1, confidence.argmax(dim=1, keepdim=True), True)
