@@ -5,8 +5,9 @@ Our accuracy carries a 95% interval (1.96 standard errors of the per-sample scor
 paper's number lies outside that interval widened by the paper's own run-to-run spread
 (``Bands.accuracy_points``: no paper states one, so it is an assumption, 1 point by default); on
 HumanEval's 164 problems one standard error is about 3.9 points, so a fixed band would judge
-noise. Throughput and speed-up carry a 95% interval from a seeded bootstrap over generation batches
-(a speed-up combines the relative errors of its run and its vanilla run); ratios pass within
+noise. Throughput, speed-up, tokens per step, peak memory and memory ratio carry a 95% interval from a
+seeded bootstrap over generation batches (a speed-up or memory ratio combines the relative errors of its
+run and its vanilla run); ratios pass within
 ``Bands.ratio_relative`` of the paper's ratio widened by that interval. Absolute
 throughput and memory depend on the GPU, so they are shown with their ratio to the paper's
 and the verdict ``info``. A paper row we have no run for is ``missing`` (never filled in); a run the
@@ -57,7 +58,7 @@ class Bands:
             f"pass: the paper's accuracy lies within our 95% interval (±, 1.96 standard errors) widened by "
             f"{self.accuracy_points:g} point(s) of assumed paper run-to-run spread; speed-up, memory ratio and "
             f"tokens per step within {self.ratio_relative:.0%} of the paper's, widened by our 95% interval where "
-            "there is one (speed-up: bootstrap over batches). Absolute tok/s and GiB depend on the GPU: shown as "
+            "there is one (a bootstrap over batches). Absolute tok/s and GiB depend on the GPU: shown as "
             "ours/paper, verdict 'info'."
         )
 
@@ -157,12 +158,20 @@ def _combined(points: pd.DataFrame | None, column: str) -> float | None:
     return math.sqrt(float((errors**2).sum())) / len(errors) if len(errors) else None
 
 
+# the bootstrap relative standard error behind each metric's interval (throughput: per token count)
+INTERVAL_COLUMNS = {
+    "tokens_per_step": "tokens_per_step_rse",
+    "peak_memory": "peak_memory_gib_rse",
+    "memory_ratio": "peak_memory_gib_rse",
+}
+
+
 def our_ci95(
     points: pd.DataFrame, row: pd.Series, metric: str, definition: str = "", label: str | None = None
 ) -> float | None:
     """Half-width of the 95% interval of our number for one reported cell: accuracy from the per-sample
-    scores' standard error; throughput and speed-up from a bootstrap over batches (a speed-up combines
-    its two runs' relative errors). None where nothing supports one."""
+    scores' standard error; throughput, tokens per step and peak memory from a bootstrap over batches
+    (speed-up and memory ratio combine their two runs' relative errors). None where nothing supports one."""
     if points.empty:
         return None
     match = points[
@@ -174,13 +183,13 @@ def our_ci95(
     if metric == "accuracy":
         error = _combined(match, "accuracy_se")
         return None if error is None else 1.96 * error
-    column = f"throughput_{definition or 'all_positions'}"
+    column = INTERVAL_COLUMNS.get(metric) or f"throughput_{definition or 'all_positions'}_rse"
     value = our_value(points, row, metric, definition, label)
-    if metric not in ("throughput", "speedup") or value is None:
+    if metric not in ("throughput", "speedup", *INTERVAL_COLUMNS) or value is None:
         return None
-    relative = _combined(match, f"{column}_rse")
-    if metric == "speedup":
-        base = _combined(_baseline(points, row), f"{column}_rse")
+    relative = _combined(match, column)
+    if metric in ("speedup", "memory_ratio"):  # a ratio of two runs: their relative errors combine
+        base = _combined(_baseline(points, row), column)
         relative = None if relative is None or base is None else math.hypot(relative, base)
     return None if relative is None else 1.96 * relative * value
 

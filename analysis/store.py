@@ -96,27 +96,55 @@ def run_identity(config: dict) -> dict:
 BOOTSTRAP_DRAWS = 1000
 
 
+def bootstrap_rse(numerators: list[float], denominators: list[float], draws: int = BOOTSTRAP_DRAWS) -> float | None:
+    """Relative standard error of sum(numerators) / sum(denominators), resampling the units (batches) with a
+    seeded bootstrap; None below two units or with a zero total."""
+    if len(numerators) < 2:
+        return None
+    top, bottom = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if not top.sum() or not bottom.sum():
+        return None
+    picks = np.random.default_rng(0).integers(0, len(top), (draws, len(top)))
+    ratios = top[picks].sum(axis=1) / bottom[picks].sum(axis=1)
+    return float(ratios.std(ddof=1) / (top.sum() / bottom.sum()))
+
+
+def _batches(records: list[dict], warm_only: bool = True) -> list[list[dict]]:
+    """Records grouped by generate call; the warm calls when there are any, as ``measured`` counts them."""
+    chosen = ([r for r in records if not r["timing"]["first_call"]] or records) if warm_only else records
+    groups: dict[tuple, list[dict]] = {}
+    for r in chosen:
+        groups.setdefault((r["process"], r["timing"]["batch_id"]), []).append(r)
+    return list(groups.values())
+
+
 def throughput_rse(records: list[dict], count: str, draws: int = BOOTSTRAP_DRAWS) -> float | None:
     """Relative standard error of tokens/s (total tokens over total time of the batches ``measured``
     uses), by a seeded bootstrap over batches; None below two batches."""
-    warm = [r for r in records if not r["timing"]["first_call"]] or records
-    batches: dict[tuple, list[float]] = {}
-    for r in warm:
-        entry = batches.setdefault((r["process"], r["timing"]["batch_id"]), [0.0, float(r["timing"]["wall_s"])])
-        entry[0] += r["tokens"][count]
-    if len(batches) < 2:
-        return None
-    tokens, seconds = np.array(list(batches.values())).T
-    if not tokens.sum() or not seconds.sum():
-        return None
-    picks = np.random.default_rng(0).integers(0, len(tokens), (draws, len(tokens)))
-    rates = tokens[picks].sum(axis=1) / seconds[picks].sum(axis=1)
-    return float(rates.std(ddof=1) / (tokens.sum() / seconds.sum()))
+    batches = _batches(records)
+    tokens = [sum(r["tokens"][count] for r in batch) for batch in batches]
+    return bootstrap_rse(tokens, [float(batch[0]["timing"]["wall_s"]) for batch in batches], draws)
+
+
+def tokens_per_step_rse(records: list[dict], draws: int = BOOTSTRAP_DRAWS) -> float | None:
+    """Relative standard error of tokens per step (generated positions over forward evaluations, the inverse
+    of ``nfe_per_token``), by a seeded bootstrap over the batches ``measured`` uses."""
+    batches = _batches(records)
+    positions = [sum(r["tokens"]["all_positions"] for r in batch) for batch in batches]
+    return bootstrap_rse(positions, [sum(r["nfe"] for r in batch) for batch in batches], draws)
+
+
+def peak_memory_rse(records: list[dict], draws: int = BOOTSTRAP_DRAWS) -> float | None:
+    """Relative standard error of the mean peak memory over generate calls (every call, as ``summarize``
+    averages them), by a seeded bootstrap over calls; None where no call had allocator statistics."""
+    peaks = [batch[0]["timing"].get("peak_allocated_bytes") for batch in _batches(records, warm_only=False)]
+    peaks = [float(p) for p in peaks if p is not None]
+    return bootstrap_rse(peaks, [1.0] * len(peaks), draws)
 
 
 def measured(records: list[dict]) -> dict:
-    """Throughput under every token count (warm batches when there are any) with its bootstrap relative
-    standard error (``_rse``), memory, NFE/token."""
+    """Throughput under every token count (warm batches when there are any), memory and NFE/token, with
+    bootstrap relative standard errors (``_rse``) of throughput, peak memory and tokens per step."""
     ok = [r for r in records if r.get("status") == "ok" and "timing" in r]
     if not ok:
         return {}
@@ -125,7 +153,9 @@ def measured(records: list[dict]) -> dict:
     out = {f"throughput_{k}": v for k, v in rates["tokens_per_s"].items()}
     out.update({f"throughput_{k}_rse": throughput_rse(ok, k) for k in TOKEN_COUNTS})
     out["peak_memory_gib"] = summary["peak_memory_gib"]["mean"]
+    out["peak_memory_gib_rse"] = peak_memory_rse(ok)
     out["nfe_per_token"] = rates["nfe_per_token"]
+    out["tokens_per_step_rse"] = tokens_per_step_rse(ok)
     out.update({f"stat_{k}": v for k, v in summary["method_stats"].items()})
     return {k: math.nan if v is None else float(v) for k, v in out.items()}  # unmeasured (no CUDA): NaN
 

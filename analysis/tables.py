@@ -52,7 +52,7 @@ def fmt_difference(value: object, metric: str) -> str:
 
 
 def fmt_ours(row: pd.Series) -> str:
-    """Our value, with its 95% interval where there is one (accuracy)."""
+    """Our value, with its 95% interval where there is one."""
     text = fmt_value(row["ours"], row["metric"])
     interval = row.get("ours_ci95")
     return text if _missing(interval) or _missing(row["ours"]) else f"{text} ± {interval:.2f}"

@@ -260,3 +260,37 @@ def test_speedup_interval_comes_from_a_bootstrap_over_batches_and_widens_the_ban
     narrow = compare(load_reported(), load_runs(tmp_path), BY_EXPERIMENT["fast_dllm_table1"], bands=Bands(1.0, 0.0))
     narrow = narrow.set_index(["task", "method", "setting", "metric"])
     assert narrow.loc[("gsm8k", "fast_dllm_prefix", "gen_length=256", "speedup"), "verdict"] == "fail"
+
+
+def test_tokens_per_step_and_memory_ratio_carry_bootstrap_intervals(tmp_path):
+    """Every ratio cell gets its 95% interval where batches exist: tokens per step from positions over NFE
+    per batch, memory ratio from the two runs' per-call peaks (their relative errors combined)."""
+    from analysis.store import peak_memory_rse, tokens_per_step_rse
+
+    nfes = (64, 96)  # threshold decoding: the forwards a batch needed vary, so tokens per step does
+    records = [sample(i, 1.0, 1.0, 256, 100, nfe=nfes[i % 2]) for i in range(1, 9)]
+    write_run(tmp_path, "fast_dllm_fig5", "llada_8b_instruct", "vanilla", "gsm8k", records,
+              sampler={"gen_length": 256, "steps": 256, "threshold": 0.9})
+    for method, peaks in (("vanilla", (15.0, 16.0)), ("dllm_cache", (16.0, 18.0))):
+        records = [sample(i, 1.0, 1.0, 256, 100, peak=peaks[i % 2]) for i in range(1, 9)]
+        write_run(tmp_path, "sparse_dllm_table1", "llada_8b_instruct", method, "mmlu", records)
+    runs = load_runs(tmp_path).set_index(["experiment", "label"])
+    steady = [sample(i, 1.0, 1.0, 256, 100, peak=16.0) for i in range(1, 5)]
+    assert tokens_per_step_rse(steady) == 0 and peak_memory_rse(steady) == 0  # nothing varies: no width
+    assert peak_memory_rse([sample(i, 1.0, 1.0, 256, 100) for i in range(4)]) is None  # CPU: no allocator peaks
+
+    fig5 = compare(load_reported(), load_runs(tmp_path), BY_EXPERIMENT["fast_dllm_fig5"])
+    cell = fig5.set_index(["method", "setting", "metric"]).loc[("fast_dllm_parallel", "threshold=0.9", "tokens_per_step")]
+    rse = runs.loc[("fast_dllm_fig5", "fast_dllm_parallel"), "tokens_per_step_rse"]
+    assert cell["ours"] == pytest.approx(256 / 80) and 0 < rse < 0.1
+    assert cell["ours_ci95"] == pytest.approx(1.96 * rse * 256 / 80)
+
+    table = compare(load_reported(), load_runs(tmp_path), BY_EXPERIMENT["sparse_dllm_table1"])
+    ratio = table.set_index(["model", "method", "task", "metric"]).loc[("llada_8b_instruct", "dllm_cache", "mmlu", "memory_ratio")]
+    mine, base = (runs.loc[("sparse_dllm_table1", m), "peak_memory_gib_rse"] for m in ("dllm_cache", "vanilla"))
+    assert ratio["ours"] == pytest.approx(17.0 / 15.5) and mine > 0 and base > 0
+    assert ratio["ours_ci95"] == pytest.approx(1.96 * (mine**2 + base**2) ** 0.5 * 17.0 / 15.5)
+    from analysis.tables import fmt_ours
+
+    assert fmt_ours(ratio.to_dict() | {"metric": "memory_ratio"}).startswith("1.10× ± ")
+    assert fmt_ours(cell.to_dict() | {"metric": "tokens_per_step"}).startswith("3.20 ± ")
