@@ -29,12 +29,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The demo generates with every method on both parity checkpoints, then evaluates the tiny trained model
-# (checkpoints/tiny-llada) on its three tasks under each method: Hydra -> lm-eval -> results store, and one
-# table of accuracy, tokens/s, NFE per token and peak memory at the end.
+# (checkpoints/tiny-llada) on its three tasks under each method: Hydra -> lm-eval -> results store, and
+# at the end every point re-timed interleaved (retime: median of 5 rounds, spread, paired speed-up, live
+# tensor MiB per method) beside the sweep's accuracy and NFE per token.
 # The tasks and methods are conf/experiment/tiny_trained.yaml's sweep; DEMO_ARGS adds Hydra overrides.
+DEMO_SWEEP := outputs/demo/sweep
 demo: $(STAMP)
 	$(PY) -m dllm_accel.demo
-	$(PY) -m dllm_accel.run --multirun experiment=tiny_trained tracking=none results_root=outputs/demo $(DEMO_ARGS)
+	rm -rf $(DEMO_SWEEP)
+	$(PY) -m dllm_accel.run --multirun experiment=tiny_trained tracking=none results_root=outputs/demo \
+		hydra.sweep.dir=$(DEMO_SWEEP) $(DEMO_ARGS)
+	$(PY) -m dllm_accel.retime $(DEMO_SWEEP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

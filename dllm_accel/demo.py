@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from .api import generate
+from .measure import interleaved, spread
 from .models import load_model
 from .paths import REPO_ROOT, fixtures_dir, tiny_checkpoint
 
@@ -52,26 +53,32 @@ def run_once(model, family: str, entry: dict) -> tuple[list[int], int, float]:
     return out.sequences[0, prompt.shape[1] :].tolist(), out.nfe, seconds
 
 
-def interleaved(model, family: str, entries: list[dict], repeats: int = REPEATS) -> dict[str, dict | str]:
-    """Per preset: ids, NFE and every timed run's seconds, or the error that stopped it."""
-    results: dict[str, dict | str] = {}
-    for r in range(repeats):
-        shift = r % len(entries)
-        for entry in entries[shift:] + entries[:shift]:
-            name = entry["preset"]
-            if isinstance(results.get(name), str):
-                continue
-            try:
-                ids, nfe, seconds = run_once(model, family, entry)
-            except Exception as err:  # report every failing preset, then fail the demo
-                results[name] = f"FAILED: {type(err).__name__}: {err}"
-                continue
-            seen = results.setdefault(name, {"ids": ids, "nfe": nfe, "seconds": []})
+def not_applicable(entry: dict, family: str) -> str | None:
+    """Why a preset does not run on a family (its decoding rule is defined for other samplers), or None."""
+    from .generation.rules import rule_class
+
+    policy = (entry.get("sampler") or {}).get("policy")
+    if policy and family not in rule_class(policy).samplers:
+        return f"not run: decoding rule {policy!r} is defined for sampler {' / '.join(rule_class(policy).samplers)}"
+    return None
+
+
+def interleaved_presets(model, family: str, entries: list[dict], repeats: int = REPEATS) -> dict[str, dict | str]:
+    """Per preset: ids, NFE and every timed run's seconds (``measure.interleaved``), or the error that stopped it."""
+    first: dict[str, dict] = {}
+
+    def runner(entry: dict):
+        def run() -> float:
+            ids, nfe, seconds = run_once(model, family, entry)
+            seen = first.setdefault(entry["preset"], {"ids": ids, "nfe": nfe})
             if seen["ids"] != ids:
-                results[name] = "FAILED: repeated runs generated different ids"
-                continue
-            seen["seconds"].append(seconds)
-    return results
+                raise RuntimeError("repeated runs generated different ids")
+            return seconds
+
+        return run
+
+    timed = interleaved({entry["preset"]: runner(entry) for entry in entries}, repeats)
+    return {name: t if isinstance(t, str) else first[name] | {"seconds": t} for name, t in timed.items()}
 
 
 def row(family: str, preset: str, result: dict | str) -> str:
@@ -79,11 +86,10 @@ def row(family: str, preset: str, result: dict | str) -> str:
         return f"{family:6s} {preset:32s} {result}"
     times = result["seconds"]
     median = statistics.median(times)
-    spread = (max(times) - min(times)) / median * 100
     rate = len(result["ids"]) / median
     return (
         f"{family:6s} {preset:32s} nfe={result['nfe']:3d} median={median * 1000:7.1f} ms "
-        f"(spread {spread:3.0f}%)  {rate:7.1f} tok/s  ids={result['ids']}"
+        f"(spread {spread(times) * 100:3.0f}%)  {rate:7.1f} tok/s  ids={result['ids']}"
     )
 
 
@@ -102,9 +108,13 @@ def main() -> int:
     for family in ("llada", "dream"):
         model = load_model(tiny_checkpoint(family), dtype=torch.float32)
         generate(model, torch.tensor([PROMPTS[family]]), gen_length=8, steps=8)  # warm-up, not timed
-        for preset, result in interleaved(model, family, entries).items():
+        skipped = {e["preset"]: reason for e in entries if (reason := not_applicable(e, family))}
+        runnable = [e for e in entries if e["preset"] not in skipped]
+        for preset, result in interleaved_presets(model, family, runnable).items():
             failures += isinstance(result, str)
             print(row(family, preset, result), flush=True)
+        for preset, reason in skipped.items():
+            print(f"{family:6s} {preset:32s} {reason}", flush=True)
     return 1 if failures else 0
 
 

@@ -18,12 +18,15 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 GIB = 1024**3
 TOKEN_COUNTS = ("all_positions", "non_eos", "answer", "before_eos")
@@ -110,6 +113,73 @@ class Meter:
         """Wall time since the meter started and the share spent outside generate."""
         wall = time.perf_counter() - self._started
         return {"wall_s": wall, "generate_s": self.generate_s, "outside_generate_share": 1 - self.generate_s / wall}
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the block and still alive, followed op by op.
+
+    The CPU's memory figure for one method: the allocator keeps no statistics there, and the
+    process's resident peak is the same for every method (weights, libraries, earlier calls).
+    Tensors that existed before the block (weights, the prompt) are not counted, nor is a
+    kernel's internal scratch. Slows every op down: never inside a timed call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors referring to it]
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._track(leaf)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        address = storage.data_ptr()
+        entry = self.live.get(address)
+        if entry is None:
+            self.live[address] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        else:
+            entry[1] += 1
+        weakref.finalize(tensor, self._release, address)
+
+    def _release(self, address: int) -> None:
+        entry = self.live.get(address)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[address]
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float] | str]:
+    """Every run ``repeats`` times, interleaved: round r calls each run once, the order rotated by r, so
+    a drift in the machine's speed reaches every run alike. Per run: the seconds each round returned,
+    in round order, or the error that stopped it (its later rounds are skipped, the others go on)."""
+    names = list(runs)
+    results: dict[str, list[float] | str] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            if isinstance(results[name], str):
+                continue
+            try:
+                results[name].append(runs[name]())
+            except Exception as err:  # one failing run is reported, the others still timed
+                results[name] = f"FAILED: {type(err).__name__}: {err}"
+    return results
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far repeated timings of one thing disagree."""
+    return (max(values) - min(values)) / _percentile(values, 0.5)
 
 
 def token_counts(

@@ -25,17 +25,15 @@ import json
 import statistics
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dllm_accel.measure import LiveTensorPeak  # noqa: E402
 from dllm_accel.methods import available_methods  # noqa: E402
 from dllm_accel.models import load_model, load_tokenizer  # noqa: E402
 from dllm_accel.train import TASKS, evaluate_samples, held_out_samples  # noqa: E402
@@ -69,44 +67,6 @@ def with_knob(settings: dict, knob: str, value: Any) -> dict:
         options = {**(settings.get("policy_options") or {}), knob.split(".", 1)[1]: value}
         return {**settings, "policy_options": options}
     return {**settings, knob: value}
-
-
-class LiveTensorPeak(TorchDispatchMode):
-    """Peak bytes of tensor storages created and still alive, followed op by op (CPU has no allocator stats)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors referring to it]
-        self.current = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                self._track(leaf)
-        return out
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        address = storage.data_ptr()
-        entry = self.live.get(address)
-        if entry is None:
-            self.live[address] = [storage.nbytes(), 1]
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
-        else:
-            entry[1] += 1
-        weakref.finalize(tensor, self._release, address)
-
-    def _release(self, address: int) -> None:
-        entry = self.live.get(address)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[address]
 
 
 def peak_memory_bytes(model, tokenizer, task_name: str, sample, method: str, settings: dict) -> int:

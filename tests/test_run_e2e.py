@@ -140,3 +140,22 @@ def test_a_multirun_sweep_gives_each_point_its_own_results_and_wandb_run(tmp_pat
     assert [json.loads(p.read_text())["method"] for p in summaries] == ["fast_dllm", "vanilla"]
     for path in summaries:
         assert len(list((path.parent / "wandb").glob("offline-run-*"))) == 1  # finished before the next point
+    # the finished sweep re-timed interleaved: the recorded calls replay to the same ids, every point gets a row
+    result = subprocess.run(
+        [sys.executable, "-m", "dllm_accel.retime", str(tmp_path / "sweep"), "--repeats", "2", "--calls", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    rows = {line.split()[1]: line for line in lines[[line.split()[0] for line in lines].index("model") + 1 :]}
+    assert set(rows) == {"vanilla", "fast_dllm"} and "1.00x" in rows["vanilla"] and "FAILED" not in result.stdout
+    assert "2 rounds" in result.stdout and "live MiB" in result.stdout
+
+
+def test_retime_names_a_folder_that_is_no_sweep(tmp_path):
+    from dllm_accel.retime import main
+
+    assert main([str(tmp_path)]) == 2

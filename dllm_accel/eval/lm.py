@@ -39,6 +39,24 @@ from .prompting import DecodeFormat, PromptFormat, encode, finish, render_prompt
 DEFAULT_MAX_GEN_TOKS = 256
 
 
+def batch_seed(seed: int, task: str, doc_id: int) -> int:
+    """A generate call's seed from (run seed, the group's first document): groups are fixed, so a
+    resumed run, or a replay of the call, draws what the uninterrupted run drew."""
+    digest = hashlib.sha256(f"{seed}:{task}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned in one ``[rows, longest]`` batch, and its attention mask."""
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
+    return input_ids, mask
+
+
 class GenerationTimeout(Exception):
     """A generate call ran past ``measure.generation_timeout_s``."""
 
@@ -202,7 +220,7 @@ class DiffusionLM(LM):
                 f"{request.task_name} doc {request.doc_id}: {len(prefix)} context + {len(target)} continuation "
                 f"tokens exceed the model's context of {self.model.spec.max_seq_len}"
             )
-        torch.manual_seed(self._batch_seed(request.task_name, request.doc_id) + request.idx)
+        torch.manual_seed(batch_seed(self.seed, request.task_name, request.doc_id) + request.idx)
         cfg = self.settings.cfg_scale or 0.0
         with self.meter.time() as timing:
             value = elbo_loglikelihood(self.model, prefix, target, self.likelihood, cfg)
@@ -337,14 +355,10 @@ class DiffusionLM(LM):
         self, batch: list[_Pending], runnable: list[tuple[int, list[int]]], records: list, settings: SamplerSettings
     ) -> None:
         spec = self.model.spec
-        width = max(len(ids) for _, ids in runnable)
-        input_ids = torch.full((len(runnable), width), spec.tokens.pad, dtype=torch.long)
-        mask = torch.zeros((len(runnable), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(runnable):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
+        input_ids, mask = left_padded([ids for _, ids in runnable], spec.tokens.pad)
+        width = input_ids.shape[1]
         first = batch[runnable[0][0]].request
-        torch.manual_seed(self._batch_seed(first.task_name, first.doc_id))
+        torch.manual_seed(batch_seed(self.seed, first.task_name, first.doc_id))
         strategy = build_method(self.method, **self.options)
         status, error, output = "ok", None, None
         with self.meter.time() as timing:
@@ -386,12 +400,6 @@ class DiffusionLM(LM):
                 timing=asdict(timing) | {"batch_size": len(runnable)},
                 method_stats=output.stats,
             )
-
-    def _batch_seed(self, task: str, doc_id: int) -> int:
-        """A seed from (run seed, the group's first document): groups are fixed, so a resumed run
-        draws what an uninterrupted one drew."""
-        digest = hashlib.sha256(f"{self.seed}:{task}:{doc_id}".encode()).digest()
-        return int.from_bytes(digest[:4], "little")
 
     def _record(self, item: _Pending, status: str, **fields: Any) -> dict:
         base = {

@@ -35,19 +35,27 @@ def tokens_per_s(summary: dict) -> float | None:
     return summary["measurement"]["all"]["tokens_per_s"]["all_positions"]
 
 
-def speedups(summaries: list[dict]) -> list[float | None]:
-    """Tokens/s over the vanilla point of the same model and task whose overrides this point shares."""
-    out = []
+def vanilla_of(summaries: list[dict]) -> list[int | None]:
+    """Per point, the index of the vanilla point of the same model and task whose overrides it shares."""
+    out: list[int | None] = []
     for summary in summaries:
         mine = summary.get("overrides") or {}
         base = [
-            s
-            for s in summaries
+            i
+            for i, s in enumerate(summaries)
             if s.get("preset", s["method"]) == "vanilla"
             and (s["model"], s["task"]) == (summary["model"], summary["task"])
             and all(mine.get(k) == v for k, v in (s.get("overrides") or {}).items())
         ]
-        ours, theirs = tokens_per_s(summary), tokens_per_s(base[0]) if base else None
+        out.append(base[0] if base else None)
+    return out
+
+
+def speedups(summaries: list[dict]) -> list[float | None]:
+    """Tokens/s over the vanilla point's (``vanilla_of``)."""
+    out = []
+    for summary, base in zip(summaries, vanilla_of(summaries), strict=True):
+        ours, theirs = tokens_per_s(summary), tokens_per_s(summaries[base]) if base is not None else None
         out.append(ours / theirs if ours is not None and theirs else None)
     return out
 
@@ -89,7 +97,22 @@ def summary_table(summaries: list[dict]) -> str:
         summary_row(s, x, shared) + f"  {s['run_dir']}" for s, x in zip(summaries, speedups(summaries), strict=True)
     ]
     common = ["every point: " + " ".join(f"{k}={v}" for k, v in shared.items())] if shared else []
-    return "\n".join([*common, HEADER + "  results", *rows])
+    return "\n".join([*common, HEADER + "  results", *rows, *table_notes(summaries)])
+
+
+def table_notes(summaries: list[dict]) -> list[str]:
+    """What the sweep table's speed and CPU memory columns are, and where the per-method figures come from."""
+    notes = [
+        "tok/s and speed-up: one pass over each point's samples, the points timed one after another (a machine "
+        "whose speed drifts moves them); `python -m dllm_accel.retime <sweep dir>` re-times every point interleaved"
+    ]
+    if any(s["measurement"]["peak_memory_gib"].get("rss_max") is not None for s in summaries):
+        notes.append(
+            "r: the process's peak resident memory while the point ran (CPU keeps no allocator statistics): "
+            "weights, libraries and earlier points included, not the method's own; retime gives each method's "
+            "live tensor bytes"
+        )
+    return notes
 
 
 def write_job_summary(folder: str | Path, summary: dict) -> None:
