@@ -60,6 +60,10 @@ PAPER_TABLES = (
     PaperTable("d2_cache_table2", "d2_cache", ("2",), "d2Cache Table 2 (decoding schemes, one block, Instruct models)",
                D2_CACHE),
     PaperTable("d2_cache_table4", "d2_cache", ("4",), "d2Cache Table 4 (LLaDA-8B-Base, Dream-v0-7B-Base)", D2_CACHE),
+    PaperTable("wino_table1", "wino", ("1",), "WINO Table 1 (LLaDA-8B-Instruct; corroborated cells of a transcription)"),
+    PaperTable("klass_table1", "klass", ("1",),
+               "KLASS Table 1 (LLaDA-8B-Instruct, Dream-v0-7B-Instruct; cells two transcriptions agree on)"),
+    PaperTable("pc_sampler_gsm8k", "pc_sampler", ("readme",), "PC-Sampler README (LLaDA-8B-Instruct GSM8K)"),
 )
 BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
 
