@@ -37,6 +37,11 @@ def debug_enabled(flag: bool | None = False) -> bool:
     return bool(flag) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def debug_in_argv(argv: list[str]) -> bool:
+    """``debug=true`` among command-line overrides (read before Hydra has composed anything)."""
+    return any(arg.lstrip("+").lower() in ("debug=true", "debug=1") for arg in argv)
+
+
 @contextmanager
 def reported(debug: bool = False):
     """Turn a rejected input into one line on stderr and exit status 2 (unless debugging)."""

@@ -24,9 +24,13 @@ if MODEL_NAME not in model_registry:
 
 
 def main() -> None:
+    """lm-eval's CLI; a rejected ``--model_args`` value (``method=nope``) is one line, as in the runner."""
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    from .errors import reported
+
+    with reported():
+        cli_evaluate()
 
 
 if __name__ == "__main__":

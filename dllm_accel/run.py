@@ -30,7 +30,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import check_ranges, failure_lines, failures, reported
+from .errors import check_ranges, debug_in_argv, failure_lines, failures, reported
 from .eval.byte_tokenizer import build_tokenizer
 from .eval.code_tasks import CODE_TASKS, HUMANEVAL_POSTPROCESS, configure_execution
 from .eval.data import check_data, default_data_dir, materialize_tasks
@@ -42,6 +42,7 @@ from .generation.settings import SamplerSettings
 from .measure import Meter, environment, summarize
 from .methods import available_methods, build_method
 from .models import load_model, load_spec, resolve_dtype
+from .overrides import check_argv
 from .paths import REPO_ROOT, shared_dir
 from .points import Point, hydra_point
 from .quiet import silence_known_warnings
@@ -407,5 +408,12 @@ def main(cfg: DictConfig) -> dict | None:
         return evaluate(cfg)
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """The command line: an override Hydra cannot compose (or would ignore) is one line before Hydra runs."""
+    with reported(debug_in_argv(argv)):
+        check_argv(argv)
     main()
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -38,6 +38,8 @@ if str(REPO) not in sys.path:  # run as a script: make analysis/ importable
     sys.path.insert(0, str(REPO))
 
 from analysis.catalog import PAPER_TABLES  # noqa: E402
+from dllm_accel.errors import USER_ERRORS, debug_enabled, debug_in_argv, reported  # noqa: E402
+from dllm_accel.overrides import check_overrides, explained, hydra_session  # noqa: E402
 from dllm_accel.paths import tiny_checkpoint  # noqa: E402
 from dllm_accel.points import Point  # noqa: E402
 
@@ -153,27 +155,6 @@ def _is_method(key: str) -> bool:
     return "method" in key.split("/")[-1]
 
 
-class hydra_session:
-    """Hydra's global state for ``conf/``; nested uses share the outer one (composing is the slow part)."""
-
-    def __enter__(self):
-        from hydra import initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
-        from dllm_accel.eval.schema import register
-
-        self._context = None
-        if not GlobalHydra.instance().is_initialized():
-            register()
-            self._context = initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="reproduce")
-            self._context.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._context is not None:
-            self._context.__exit__(*exc)
-
-
 def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
 
@@ -185,7 +166,7 @@ def compose_point(overrides: list[str]) -> tuple[DictConfig, Point]:
     """The config of one job and its name (preset and overridden values), as a Hydra multirun names it."""
     from hydra import compose as hydra_compose
 
-    with hydra_session():
+    with hydra_session(), explained(overrides):
         cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     point = Point.from_overrides(cfg.hydra.runtime.choices.method, list(cfg.hydra.overrides.task))
     with open_dict(cfg):
@@ -267,7 +248,10 @@ def run_local(name: str, scope: Scope, extra: list[str], added_methods: list[str
             outcome = "already done" if done else "ran"
             counts["skipped" if done else "ran"] += 1
         except Exception as error:  # one broken point must not stop a table: report it and go on
-            log.exception("%s: point %s failed", name, " ".join(job))
+            if isinstance(error, USER_ERRORS) and not debug_enabled(debug_in_argv(extra)):  # a bad value: its one line says it all
+                log.error("%s: point %s failed: %s", name, " ".join(job), " ".join(str(error).split()))
+            else:
+                log.exception("%s: point %s failed", name, " ".join(job))
             outcome = f"FAILED: {type(error).__name__}: {error}"
             counts["failed"] += 1
         log.info(
@@ -379,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         experiment_file(name)
     check_added_methods(args.add_method)
+    if args.overrides:  # the extra overrides compose with each experiment, or one line says which does not
+        with reported(debug_in_argv(args.overrides)):
+            for name in names:
+                check_overrides([f"experiment={name}", *args.overrides], multirun=True)
     failed = 0
     with hydra_session():
         for name in names:

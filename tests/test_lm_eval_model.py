@@ -80,6 +80,20 @@ def test_method_is_a_preset_file_or_a_method_name():
         method_preset("sparse")
 
 
+def test_the_lm_eval_cli_reports_a_bad_model_arg_in_one_line(monkeypatch, capsys):
+    import lm_eval.__main__
+
+    import dllm_accel.lm_eval
+
+    monkeypatch.delenv("DLLM_ACCEL_DEBUG", raising=False)
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: method_preset("nope"))
+    with pytest.raises(SystemExit) as exit_info:
+        dllm_accel.lm_eval.main()
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: unknown method 'nope' (accepted: ") and "fast_dllm_dual" in lines[0]
+
+
 def test_likelihood_settings_reject_a_batch_that_does_not_divide():
     with pytest.raises(ValueError, match="mc_num=10 must be a multiple of mc_batch_size=4"):
         LikelihoodSettings(mc_num=10, mc_batch_size=4)

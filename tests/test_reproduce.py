@@ -169,3 +169,13 @@ def test_make_refuses_a_hydra_override_it_would_drop():
     done = subprocess.run(["make", "-n", "reproduce", "TABLE=fast_dllm_table1", "METHOD=dllm_cache", "ARGS=task.limit=2"],
                           cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert "--add-method dllm_cache task.limit=2 --table fast_dllm_table1" in done.stdout
+
+
+@pytest.mark.parametrize(("override", "named"), [("task.limit=abc", "an integer or null"), ("method=nope", "vanilla")])
+def test_a_bad_extra_override_is_one_line_before_any_point_runs(override, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--scope", "smoke", "--table", "fast_dllm_table1", "--results", str(tmp_path), override])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {override}: ") and named in lines[0]
+    assert not any(tmp_path.iterdir())

@@ -19,6 +19,7 @@ from test_eval_sandbox import SECRET, Host, _sandbox_pids
 
 from dllm_accel.errors import reported
 from dllm_accel.eval.schema import CONF_DIR
+from dllm_accel.overrides import check_argv
 from dllm_accel.paths import shared_dir
 from dllm_accel.results import SAMPLES, SUMMARY, read_samples
 from dllm_accel.run import evaluate
@@ -32,12 +33,13 @@ def _cli(tmp: Path, *overrides: str, env: dict | None = None, background: bool =
         sys.executable,
         "-m",
         "dllm_accel.run",
+        *(flag for flag in overrides if flag.startswith("-")),  # Hydra's flags go before the overrides
         "experiment=demo_tiny",
         f"results_root={tmp / 'results'}",
         f"hydra.run.dir={tmp / 'hydra'}",
         "tracking=none",
         "print_summary=false",
-        *overrides,
+        *(override for override in overrides if not override.startswith("-")),
     ]
     full_env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"} | (env or {})
     if background:
@@ -134,6 +136,61 @@ def test_the_cli_prints_one_line_and_the_debug_switch_the_traceback(tmp_path):
     ]
     loud = _cli(tmp_path, "task.limit=0", env={"DLLM_ACCEL_DEBUG": "1", "HYDRA_FULL_ERROR": "1"})
     assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+# what Hydra itself rejects (or would silently ignore), through the real CLI: the override, then what it names
+HYDRA_BAD = {
+    "batch_size=abc": ("batch_size=abc", "must be an integer (got 'abc')"),
+    "++batch_size=abc": ("++batch_size=abc", "must be an integer"),
+    "task.limit=x": ("task.limit=x", "an integer or null"),
+    "cpu_threads=1.5": ("cpu_threads=1.5", "an integer or null"),
+    "method=nope": ("method=nope", "accepted: certainty_prior", "vanilla"),
+    "method=fast_dlm": ("method=fast_dlm", "did you mean fast_dllm?"),
+    "method=dllm_cache_presets/nope": ("dllm_cache_presets/nope", "dllm_cache_presets/llada_8b_base_bbh"),
+    "experiment=nope": ("experiment=nope", "demo_tiny"),
+    "hydra/launcher=nope": ("hydra/launcher=nope", "submitit_local"),
+    "nosuchkey=1": ("nosuchkey=1", "no key 'nosuchkey'", "batch_size"),
+    "+nosuchkey=1": ("+nosuchkey=1", "no key 'nosuchkey'"),
+    "sampler.nosuch=1": ("sampler.nosuch=1", "gen_length"),
+    "+experiment/fast_dllm_table2/methodz=x": ("methodz", "did you mean experiment/fast_dllm_table2/methods?"),
+    "batch_size=[1": ("batch_size=[1", "key=value"),
+    "method=vanilla,fast_dllm": ("method=vanilla,fast_dllm", "--multirun"),
+    "-m method=vanilla,nope": ("method=vanilla,nope", "no option 'nope'"),
+    "-m method=vanilla,fast_dllm method.options.threshold=0.9": ("method.options.threshold=0.9", "no key 'threshold'"),
+}
+
+
+# through a subprocess each costs an interpreter start with torch: these in the fast tier, all of them in the slow
+HYDRA_BAD_FAST = {"batch_size=abc", "experiment=nope", "+nosuchkey=1", "-m method=vanilla,nope"}
+
+
+@pytest.mark.parametrize("arguments", sorted(HYDRA_BAD))
+def test_every_bad_override_is_one_line_naming_it(arguments, capsys):
+    with pytest.raises(SystemExit) as exit_info, reported(False):
+        words = arguments.split()
+        check_argv([*(w for w in words if w.startswith("-")), "experiment=demo_tiny", *(w for w in words if w[0] != "-")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(part in lines[0] for part in HYDRA_BAD[arguments]), lines[0]
+
+
+@pytest.mark.parametrize(
+    "arguments", [a if a in HYDRA_BAD_FAST else pytest.param(a, marks=pytest.mark.slow) for a in sorted(HYDRA_BAD)]
+)
+def test_a_bad_override_is_one_line_through_the_cli(arguments, tmp_path):
+    done = _cli(tmp_path, *arguments.split())
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("DLLM_ACCEL_DEBUG=1 or debug=true)")
+    assert all(part in lines[0] for part in HYDRA_BAD[arguments]), lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "hydra").exists()  # nothing ran
+
+
+def test_the_debug_switch_shows_hydras_own_error():
+    for switch, env in (("debug=true", {}), ("task.limit=3", {"DLLM_ACCEL_DEBUG": "1"})):
+        done = _cli(Path("/nonexistent"), "batch_size=abc", switch, env=env)
+        assert done.returncode != 0 and "Traceback" in done.stderr
+        assert "ConfigCompositionException: Error merging override batch_size=abc" in done.stderr
 
 
 def test_a_prompt_longer_than_the_context_is_reported(tmp_path):
