@@ -162,6 +162,7 @@ def paper_grid(
 
 
 GRID_NOTE = "Ours / paper; ours as value ± 95% interval; ✓ pass, ✗ fail. Lines per cell: {}."
+GRID_NOTE_TEX = "Ours / paper; ours as value ± 95% interval, then the verdict (pass or fail). Lines per cell: {}."
 
 
 def paper_layout(part: pd.DataFrame, table: PaperTable, task_order: list[str] | None = None) -> list[str]:
@@ -181,11 +182,27 @@ def paper_layout_tex(part: pd.DataFrame, table: PaperTable, caption: str, task_o
         texts = [_tex(line) for line in lines]
         return texts[0] if len(texts) == 1 else r"\shortstack[l]{" + r"\\".join(texts) + "}"
 
-    out = [r"\begin{table}", r"\centering", r"\small", rf"\caption{{{_tex(caption)} {_tex(GRID_NOTE.format(', '.join(metrics)))}}}",
-           r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(_tex(h) for h in header) + r" \\",
-           r"\midrule"]
+    out = [r"\begin{table}[htbp]", r"\centering", r"\small",
+           rf"\caption{{{_tex(caption)} {_tex(GRID_NOTE_TEX.format(', '.join(metrics)))}}}",
+           FIT_WIDTH, r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",
+           " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     out += [" & ".join(cell(c) for c in row) + r" \\" for row in rows]
-    return [*out, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return [*out, r"\bottomrule", r"\end{tabular}}}", r"\end{table}", ""]
+
+
+# a grid wider than the text, or taller than most of a page, is scaled down to fit (graphicx), never up
+FIT_WIDTH = (
+    r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+    "\n"
+    r"\resizebox*{!}{\ifdim\totalheight>0.8\textheight0.8\textheight\else\totalheight\fi}{%"
+)
+# the long form breaks across pages, so it cannot be scaled: smaller type and columns closer together
+COMPACT = r"\footnotesize\setlength{\tabcolsep}{3pt}"
+TEX_PACKAGES = ("booktabs", "longtable", "graphicx")
+TEX_NEEDS = (
+    r"% needs \usepackage{" + ",".join(TEX_PACKAGES) + "}; the grids fit any page, the long form (a longtable, "
+    "which cannot be scaled) is wide: a landscape page (pdflscape) or narrow margins hold it"
+)
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -200,9 +217,8 @@ def _tex(text: str) -> str:
 def latex(
     frame: pd.DataFrame, table: PaperTable, bands: Bands, banner: str | None, task_order: list[str] | None = None
 ) -> str:
-    """Per (paper table, model) the paper's grid, then every number in a ``longtable``; needs ``booktabs``
-    and ``longtable``."""
-    out = [f"% {table.title} (experiment {table.experiment}); {bands.describe()}"]
+    """Per (paper table, model) the paper's grid, then every number in a ``longtable`` (``TEX_PACKAGES``)."""
+    out = [f"% {table.title} (experiment {table.experiment}); {bands.describe()}", TEX_NEEDS]
     if banner:
         out.append(f"% {banner}")
     for (paper_table, model), part in frame.groupby(["table", "model"], sort=False):
@@ -211,7 +227,8 @@ def latex(
             caption = f"{banner}. {caption}"
         out += paper_layout_tex(part, table, caption, task_order)
         out += [
-            r"\begin{longtable}{lllllrrll}",
+            r"\begingroup" + COMPACT,
+            r"\begin{longtable}{" + "l" * 4 + "rrrl" + "}",
             rf"\caption{{{_tex(caption)}}}\\",
             r"\toprule",
             " & ".join(_tex(h) for h in HEADER) + r" \\",
@@ -219,7 +236,7 @@ def latex(
             r"\endhead",
         ]
         out += [" & ".join(_tex(cell) for cell in row) + r" \\" for row in display_rows(part)]
-        out += [r"\bottomrule", r"\end{longtable}", ""]
+        out += [r"\bottomrule", r"\end{longtable}", r"\endgroup", ""]
     return "\n".join(out)
 
 
@@ -298,11 +315,12 @@ def run_markdown(frame: pd.DataFrame, experiment: str, bands: Bands, banner: str
 def run_latex(frame: pd.DataFrame, experiment: str, banner: str | None) -> str:
     header = RUN_HEADER + (["batch check"] if "batch_check" in frame.columns else [])
     caption = f"Experiment {experiment}" + (f". {banner}" if banner else "")
-    out = [r"\begin{longtable}{" + "l" * 4 + "r" * 6 + ("l" if "batch_check" in frame.columns else "") + "}",
+    out = [TEX_NEEDS, r"\begingroup" + COMPACT,
+           r"\begin{longtable}{" + "l" * 4 + "r" * 6 + ("l" if "batch_check" in frame.columns else "") + "}",
            rf"\caption{{{_tex(caption)}}}\\", r"\toprule", " & ".join(_tex(h) for h in header) + r" \\",
            r"\midrule", r"\endhead"]
     out += [" & ".join(_tex(c) for c in _run_cells(r)) + r" \\" for _, r in frame.iterrows()]
-    return "\n".join([*out, r"\bottomrule", r"\end{longtable}", ""])
+    return "\n".join([*out, r"\bottomrule", r"\end{longtable}", r"\endgroup", ""])
 
 
 def write_tables(

@@ -42,7 +42,7 @@ def sample(doc_id: int, score: float, wall_s: float, gen: int, answer: int, *, f
     }
 
 
-def write_run(root, experiment, model, method, task, records, options=None, sampler=None, shots=5):
+def write_run(root, experiment, model, method, task, records, options=None, sampler=None, shots=5, batch_size=1):
     config = {
         "experiment_name": experiment,
         "model": {"name": model, "rope_scaling": 1.0},
@@ -50,7 +50,7 @@ def write_run(root, experiment, model, method, task, records, options=None, samp
         "task": {"name": task, "num_fewshot": shots, "sampler": sampler or {"gen_length": 256, "steps": 256}},
         "sampler": {},
         "seed": 1234,
-        "batch_size": 1,
+        "batch_size": batch_size,
     }
     store = RunStore(run_directory(root, config))
     store.write_config(yaml.safe_dump(config))
@@ -294,3 +294,39 @@ def test_tokens_per_step_and_memory_ratio_carry_bootstrap_intervals(tmp_path):
 
     assert fmt_ours(ratio.to_dict() | {"metric": "memory_ratio"}).startswith("1.10× ± ")
     assert fmt_ours(cell.to_dict() | {"metric": "tokens_per_step"}).startswith("3.20 ± ")
+
+
+@pytest.mark.slow
+def test_every_latex_table_compiles(tmp_path):
+    """Each generated .tex (paper grids, long forms, a run table with a batch check) compiles in a plain
+    article with the packages the files name, with no character dropped and no float taller than a page."""
+    import shutil
+    import subprocess
+
+    from analysis.tables import TEX_PACKAGES
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)")
+    root = build_store(tmp_path / "runs")
+    for batch in (1, 4):  # a non-paper experiment: the run table, with its batch-size check column
+        records = [sample(i, 1.0, 1.0, 256, 100) for i in range(3)]
+        write_run(root, "batch_axis", "llada_8b_instruct", "vanilla", "gsm8k", records, batch_size=batch)
+    out = tmp_path / "tables"
+    write_tables(root, out)
+    sources = sorted(out.glob("*.tex"))
+    assert len(sources) > 10 and "batch check" in (out / "batch_axis.tex").read_text()
+    for source in sources:
+        assert r"\usepackage{" + ",".join(TEX_PACKAGES) + "}" in source.read_text()
+        document = tmp_path / f"{source.stem}-doc.tex"
+        document.write_text(
+            "\\documentclass{article}\n\\usepackage{" + ",".join(TEX_PACKAGES) + "}\n"
+            f"\\begin{{document}}\n\\input{{{source}}}\n\\end{{document}}\n"
+        )
+        done = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        log = document.with_suffix(".log").read_text(errors="replace")
+        assert done.returncode == 0, f"{source.name}: {done.stdout[-1500:]}"
+        assert document.with_suffix(".pdf").is_file()
+        assert "Missing character" not in log and "Overfull \\vbox" not in log, source.name
