@@ -120,7 +120,7 @@ def official_calls(args: argparse.Namespace, checkpoint: Path, mask_id: int) -> 
         model = (
             LLaDAModelLM.from_pretrained(checkpoint, config=config, torch_dtype=args.torch_dtype).to(args.device).eval()
         )
-        steps = {"steps": args.gen, "mask_id": mask_id, **shape}
+        steps = {"steps": args.steps, "mask_id": mask_id, **shape}
 
         def first(fn, **kw):
             return lambda prompt: fn(model, prompt, **steps, **kw)[0]
@@ -136,7 +136,7 @@ def official_calls(args: argparse.Namespace, checkpoint: Path, mask_id: int) -> 
     if args.llada and hub is not None:
         llada = _module("llada_generate", Path(args.llada) / "generate.py")
         plain = hub_model.from_pretrained(checkpoint, torch_dtype=args.torch_dtype).to(args.device).eval()
-        calls["vanilla"] = lambda prompt: llada.generate(plain, prompt, steps=args.gen, mask_id=mask_id, **shape)
+        calls["vanilla"] = lambda prompt: llada.generate(plain, prompt, steps=args.steps, mask_id=mask_id, **shape)
     if args.dllm_cache and hub is not None:
         sys.path.insert(0, str(Path(args.dllm_cache)))
         from dllm_cache.cache import dLLMCache, dLLMCacheConfig
@@ -150,7 +150,7 @@ def official_calls(args: argparse.Namespace, checkpoint: Path, mask_id: int) -> 
 
         def run_cache(prompt):
             dLLMCache.new_instance(**vars(dLLMCacheConfig(**cache_config)))
-            return cache_generate(prompt, None, hooked, steps=args.gen, mask_id=mask_id, **shape)
+            return cache_generate(prompt, None, hooked, steps=args.steps, mask_id=mask_id, **shape)
 
         calls["dllm_cache"] = run_cache
     if args.sparse_dllm:
@@ -170,7 +170,7 @@ def official_calls(args: argparse.Namespace, checkpoint: Path, mask_id: int) -> 
         sparse_model = modeling.LLaDAModelLM.from_pretrained(checkpoint, config=config, torch_dtype=args.torch_dtype)
         sparse_model = sparse_model.to(args.device).eval()
         calls["sparse_dllm"] = lambda prompt: sparse.generate(
-            sparse_model, prompt, steps=args.gen, mask_id=mask_id, **shape
+            sparse_model, prompt, steps=args.steps, mask_id=mask_id, **shape
         )
     return calls
 
@@ -178,7 +178,7 @@ def official_calls(args: argparse.Namespace, checkpoint: Path, mask_id: int) -> 
 def ours(model, preset: str, args: argparse.Namespace) -> Callable:
     entry = yaml.safe_load((REPO_ROOT / "conf" / "method" / f"{preset}.yaml").read_text())
     settings = {**(entry.get("sampler") or {}), **(entry.get("options") or {})}
-    settings.update(gen_length=args.gen, steps=args.gen, block_length=args.block, compile=args.compile)
+    settings.update(gen_length=args.gen, steps=args.steps, block_length=args.block, compile=args.compile)
     return lambda prompt: generate(model, prompt, method=entry["name"], **settings).sequences
 
 
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt", type=int, default=256)
     parser.add_argument("--gen", type=int, default=256)
     parser.add_argument("--block", type=int, default=32)
+    parser.add_argument(
+        "--steps", type=int, help="denoising steps (default: gen, one token per step); fewer times a step of the full shape for less"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side before the timed ones")
     parser.add_argument("--threads", type=int, default=1)
@@ -217,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="our side with compile=True")
     parser.add_argument("--time-budget", type=float, help="seconds; presets that would start after it are skipped")
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
+    parser.add_argument("--note", default="", help="a sentence for the table's header (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
+    args.steps = args.steps or args.gen
     torch.set_num_threads(args.threads)
     args.torch_dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
@@ -261,10 +266,13 @@ def main(argv: list[str] | None = None) -> dict:
                 json.dumps({"preset": preset, **{k: v for k, v in results[preset].items() if k != "seconds"}}),
                 flush=True,
             )
-    vanilla = results.get("vanilla", {}).get("median_s")
+    vanilla = results.get("vanilla", {})
     for r in results.values():
-        if vanilla and "median_s" in r:
-            r["speedup_over_vanilla"] = {k: vanilla[k] / r["median_s"][k] for k in ("ours", "official")}
+        if "median_s" in vanilla and "median_s" in r:
+            r["speedup_over_vanilla"] = {k: vanilla["median_s"][k] / r["median_s"][k] for k in ("ours", "official")}
+            # ours' speed-up over ours' vanilla / the official one's over official vanilla, from the paired
+            # ratios (each pair ran back to back, so load that drifts between presets cancels)
+            r["speedup_ours_over_official"] = r["ratio_official_over_ours"] / vanilla["ratio_official_over_ours"]
     report = {
         "args": {k: v if isinstance(v, int | float | list | None) else str(v) for k, v in vars(args).items()},
         "official_commits": {
@@ -300,23 +308,29 @@ def markdown(report: dict) -> str:
     lines = [
         "# Ours vs the official code (one shared random-weight LLaDA checkpoint)",
         "",
-        f"d_model {a['d_model']}, {a['layers']} layers, prompt {a['prompt']}, gen {a['gen']}, block {a['block']}, "
+        f"d_model {a['d_model']}, {a['layers']} layers, prompt {a['prompt']}, gen {a['gen']}, steps {a.get('steps') or a['gen']}, "
+        f"block {a['block']}, "
         f"{a['dtype']} on {a['device']}, "
         f"{a['threads']} thread(s), {a['warmup']} warm-up and {a['repeats']} alternated timed runs per side; ratio = median of paired official/ours "
         "seconds (> 1: ours faster). Official commits: "
-        + ", ".join(f"{k} `{v[:7] if v and len(v) == 40 else v}`" for k, v in report["official_commits"].items()),
+        + ", ".join(f"{k} `{v[:7] if v and len(v) == 40 else v}`" for k, v in report["official_commits"].items())
+        + (f". {a['note']}" if a.get("note") else ""),
         "",
-        "| preset | ours s | official s | identical tokens | speed-up over vanilla (ours / official) | official / ours |",
-        "|---|---|---|---|---|---|",
+        "Speed-up ratio: ours' speed-up over our vanilla divided by the official one's over official vanilla, "
+        "from the paired ratios (this preset's official/ours over vanilla's; >= 1: ours gains at least as much).",
+        "",
+        "| preset | ours s | official s | identical tokens | speed-up over vanilla (ours / official) | speed-up ratio | official / ours |",
+        "|---|---|---|---|---|---|---|",
     ]
     for preset, r in report["results"].items():
         if "skipped" in r:
-            lines.append(f"| {preset} | skipped: {r['skipped']} |||||")
+            lines.append(f"| {preset} | skipped: {r['skipped']} ||||||")
             continue
         up = r.get("speedup_over_vanilla")
         ups = f"{up['ours']:.2f}x / {up['official']:.2f}x" if up else "-"
+        relative = f"{r['speedup_ours_over_official']:.3f}" if "speedup_ours_over_official" in r else "-"
         lines.append(
-            f"| {preset} | {r['median_s']['ours']:.2f} | {r['median_s']['official']:.2f} | {r['identical_tokens']} | {ups} "
+            f"| {preset} | {r['median_s']['ours']:.2f} | {r['median_s']['official']:.2f} | {r['identical_tokens']} | {ups} | {relative} "
             f"| **{r['ratio_official_over_ours']:.2f}** |"
         )
     return "\n".join(lines) + "\n"
