@@ -1,7 +1,8 @@
 """The ``compile`` setting: token-identical to eager, a bounded number of compilations, fewer launches.
 
 Compiling on CPU costs tens of seconds per graph, so ``make test`` runs the representative
-checks (vanilla LLaDA over several prompt lengths: one graph; launches per layer), and every
+checks (vanilla LLaDA over several prompt lengths: one graph; launches per layer; the compiled
+norm and similarity equal eager bit for bit), and every
 official fixture case, bf16 and the per-preset compile bound run under ``compiled_matrix``
 (``make test-compiled``). The CUDA-graph path runs only on a GPU.
 """
@@ -76,6 +77,7 @@ def test_compiled_norm_and_similarity_are_bit_identical_to_eager(dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.compiled_matrix
 def test_compiled_dllm_cache_holds_its_near_tied_case_and_stops_compiling():
     """The paper-era case whose V-similarity pick has near-ties (the fused sum flipped one), with every
     pass compiled; then two more prompt lengths: the second of them compiles nothing."""
