@@ -26,7 +26,7 @@ from dllm_accel.eval.likelihood import (
 from dllm_accel.models import load_model, load_tokenizer
 from dllm_accel.paths import REPO_ROOT, tiny_checkpoint
 
-FIXTURE = REPO_ROOT / "tests" / "fixtures" / "llada_loglikelihood" / "cases.json"
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "llada_loglikelihood" / "llada.json"
 CASES = json.loads(FIXTURE.read_text())["cases"]
 TRAINED = REPO_ROOT / "checkpoints" / "tiny-llada"
 # relative: float32 sums in another reduction order; a different mask draw moves an estimate by > 1e-3
