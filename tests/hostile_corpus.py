@@ -40,6 +40,12 @@ ATTACKS = {
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(8)\n    open(CANARY, 'w').write('late')\n"
         "    os._exit(0)"
     ),
+    "pid1_exec_survivor": (  # the solution side may be its namespace's pid 1: leave the group, drop the
+        # parent-death signal, exec away the lifeline thread, keep the runner's tag so a leftover is seen
+        "import ctypes, os\ntag = [a.decode() for a in open('/proc/self/cmdline', 'rb').read().split(b'\\0')"
+        " if a.startswith(b'dllm-sandbox-owner=')]\nos.setsid()\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"
+        "os.execv('/bin/sh', ['sh', '-c', 'sleep 20', *tag])"
+    ),
     "early_os_exit": "import os\nos._exit(0)",
     "sys_exit": "import sys\nsys.exit(0)",
     "raise_system_exit": "raise SystemExit(0)",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hostile_corpus import ATTACKS, bodies, indent
+from sandbox_as_user import NOBODY, interpreter_for, make_venv, run_checks_as, site_packages
 
 from dllm_accel.eval import code_tasks, sandbox
 from dllm_accel.eval.data import default_data_dir, read_jsonl
@@ -260,3 +261,66 @@ def test_an_interpreter_under_tmp_is_bound_after_the_private_tmp(monkeypatch):
     monkeypatch.setattr(module, "_interpreter_roots", lambda: ["/tmp/ci/repo/.venv"])
     argv = module.bwrap_argv(module.Limits())
     assert argv.index("/tmp/ci/repo/.venv") > argv.index("--tmpfs")
+
+
+@pytest.fixture
+def open_tmp():
+    """A folder under /tmp that another user may enter (pytest's own is closed to everyone but its owner)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dllm_sandbox_test_", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+PASS_AND_FAIL = [("def add(a, b):\n    return a + b\n", "assert add(1, 2) == 3\n"),
+                 ("def add(a, b):\n    return a - b\n", "assert add(1, 2) == 3\n")]
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_an_interpreter_under_tmp_runs_checks(mode, open_tmp):
+    """The runner's venv under /tmp (a CI clone) stays visible inside: each side starts from it."""
+    if sandbox._probe(mode) is not None:
+        pytest.skip(f"{mode} cannot isolate here: {sandbox._probe(mode)}")
+    python = make_venv(sys.executable, open_tmp / "venv")
+    outcome = run_checks_as(PASS_AND_FAIL, str(python), limits=LIMITS, isolation=mode)
+    assert outcome.unavailable is None, outcome.unavailable
+    assert [r.status for r in outcome.results] == ["passed", "failed"]
+
+
+# attacks whose reach differs for a non-root runner: its files, its venv, its processes, its namespaces
+NON_ROOT_ATTACKS = ("pid1_exec_survivor", "write_outside", "delete_outside", "rmtree_outside", "pth_planting", "env_read",
+                    "parent_environ", "secret_file", "kill_parent", "kill_everything", "fork_bomb",
+                    "early_os_exit", "chmod_interpreter", "new_user_namespace")
+
+
+def test_unshare_contains_a_non_root_runner(open_tmp, monkeypatch):
+    """As uid 65534, with its own venv and host files it could write: the same containment as root."""
+    python = interpreter_for(NOBODY)
+    if python is None:
+        pytest.skip("needs root (to switch to uid 65534), setpriv and a Python 3.10+ that uid 65534 can run")
+    venv = make_venv(python, open_tmp / "venv", owner=NOBODY)
+    host = Host(open_tmp)
+    try:
+        host.site, host.site_before = site_packages(venv), set(os.listdir(site_packages(venv)))
+        for path in (host.dir, host.canary, host.secret_file):
+            os.chown(path, NOBODY, NOBODY)
+        attacks = bodies(host.paths())
+        doc = _humaneval_doc()
+        checks = [code_tasks.humaneval_check(doc, doc["canonical_solution"]), code_tasks.humaneval_check(doc, "    pass")]
+        checks += [code_tasks.humaneval_check(doc, indent(attacks[name])) for name in NON_ROOT_ATTACKS]
+        env = {"PATH": "/usr/bin:/bin", "WANDB_API_KEY": SECRET}
+        outcome = run_checks_as(checks, str(venv), uid=NOBODY, limits=LIMITS, isolation="unshare", env=env)
+        if outcome.unavailable:
+            pytest.skip(f"unshare cannot isolate as uid 65534 here: {outcome.unavailable}")
+        assert outcome.uid == NOBODY
+        (canonical, empty, *hostile) = outcome.results
+        assert canonical.status == "passed" and empty.status == "failed", (canonical, empty)
+        assert [n for n, r in zip(NON_ROOT_ATTACKS, hostile, strict=True) if r.status == "passed"] == []
+        assert not any(SECRET in r.stdout + r.stderr for r in outcome.results)
+        assert _sandbox_pids(outcome.runner_pid) == set()
+        assert host.effects() == []
+    finally:
+        host.close()

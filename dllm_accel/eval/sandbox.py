@@ -13,7 +13,8 @@ Isolation (``code_isolation``), chosen once per process:
   data); a private size-capped tmpfs as ``/tmp``; an empty environment; no network; no new user
   namespaces; no capabilities; killed with its parent;
 - ``unshare`` (util-linux) when bwrap is missing: the same namespaces, and a root built by the child
-  itself from the same read-only binds before the program's first line (``sandbox_root.py``);
+  itself from the same read-only binds before the program's first line (``sandbox_root.py``), which
+  then stays as the namespace's pid 1 so the program cannot outlive the check or the runner;
 - ``auto`` (default): the first of those that works here; if none does, executing code is refused
   with a line that says how to enable one;
 - ``none``: no isolation (rlimits and the split verdict only), for machines where namespaces are
@@ -125,14 +126,16 @@ def bwrap_argv(limits: Limits) -> list[str]:
     return [*argv, "--chdir", "/tmp"]
 
 
-def unshare_argv(limits: Limits) -> list[str]:
-    """util-linux ``unshare``; the child builds its read-only root itself (``sandbox_root.py``)."""
+def unshare_argv(limits: Limits, lifeline: int = -1) -> list[str]:
+    """util-linux ``unshare``; the child builds its read-only root itself (``sandbox_root.py``) and stays
+    as the namespace's first process, which ends the namespace when ``lifeline`` reaches its end."""
     binds = ",".join(["/usr", *(p for kind, p in _system_dirs() if kind == "bind"), *_interpreter_roots()])
     links = ",".join(f"{p}={os.readlink(p)}" for kind, p in _system_dirs() if kind == "symlink")
     setup = _ROOT_SETUP.read_text()
     return [
         "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "--net", "--ipc",
         "--uts", "--mount-proc", sys.executable, "-I", "-c", setup, binds, links, str(limits.file_size_mb * 4),
+        str(lifeline),
     ]  # fmt: skip
 
 
@@ -291,8 +294,8 @@ def _spawn(
     inner = [sys.executable, "-I", "-c", _CHILD.read_text(), role, *map(str, fds)]
     inner.append(_limit_values(limits, nproc=os.getuid() != 0 or group.path is None))
     inner.append(f"{OWNER_TAG}{os.getpid()}")  # names the runner on the command line (ps, tests)
-    prefix = {"bwrap": bwrap_argv, "unshare": unshare_argv}.get(mode)
-    argv = inner if prefix is None else [*prefix(limits), *inner]
+    prefix = {"bwrap": bwrap_argv(limits), "unshare": unshare_argv(limits, lifeline=fds[-1])}.get(mode, [])
+    argv = [*prefix, *inner]
     return subprocess.Popen(
         group.wrap(argv),
         env=dict(_ENV),
@@ -305,12 +308,44 @@ def _spawn(
     )
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, wait_s: float = 10.0) -> None:
+    """Kill a sandbox and return once every process in it is gone.
+
+    The launcher's child is its pid namespace's first process, whose death ends every process in the
+    namespace; under ``unshare`` it runs the program itself, which can leave the process group, clear
+    its parent-death signal and exec away the lifeline watcher, so it is killed by pid (a pids cgroup,
+    which only root gets, would catch it too). Its exit completes only after the namespace is empty.
+    """
+    firsts = _children(proc.pid)
+    for pid in firsts:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+    deadline = time.monotonic() + wait_s
+    while any(map(_alive, firsts)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        return [int(c) for t in tasks for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:  # gone, or a kernel without /proc/<pid>/task/<tid>/children
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running or dying (a zombie has finished: its namespace is empty)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _drain(outputs: dict[int, bytearray], until_closed: int, deadline: float) -> bool:
