@@ -34,6 +34,8 @@ class PaperTable:
 
 SPARSE_FAST = (("fast_dllm", "fast_dllm_dual"),)
 D2_CACHE = (("d2_cache", "d2_cache_certainty_prior"),)  # d2Cache always decodes with its certainty-prior rule
+# Streaming-dLLM decodes with its own rule (the context-aware threshold and the EOS early exit)
+STREAMING = (("streaming_dllm", "streaming_dllm_streaming_threshold"),)
 PAPER_TABLES = (
     PaperTable("sparse_dllm_table1", "sparse_dllm", ("1a", "1b"), "Sparse-dLLM Table 1 (LLaDA-8B-Instruct, LLaDA-1.5)",
                SPARSE_FAST, rows="method"),
@@ -64,6 +66,9 @@ PAPER_TABLES = (
     PaperTable("klass_table1", "klass", ("1",),
                "KLASS Table 1 (LLaDA-8B-Instruct, Dream-v0-7B-Instruct; cells two transcriptions agree on)"),
     PaperTable("pc_sampler_gsm8k", "pc_sampler", ("readme",), "PC-Sampler README (LLaDA-8B-Instruct GSM8K)"),
+    PaperTable("streaming_dllm_llada", "streaming_dllm", ("llada_1_5",), "Streaming-dLLM README (LLaDA-1.5)", STREAMING),
+    PaperTable("streaming_dllm_dream", "streaming_dllm", ("dream",), "Streaming-dLLM README (Dream-v0-7B-Base)",
+               STREAMING),
 )
 BY_EXPERIMENT = {t.experiment: t for t in PAPER_TABLES}
 
@@ -106,6 +111,9 @@ METHOD_ORDER = (
     "d2_cache",
     "certainty_prior",
     "d2_cache_certainty_prior",
+    "streaming_threshold",
+    "streaming_dllm",
+    "streaming_dllm_streaming_threshold",
 )
 
 PARALLEL_KEYS = ("threshold", "factor", "confidence_threshold")  # parallel decoding is a sampler setting

@@ -250,3 +250,19 @@ def test_secondary_transcriptions_are_labelled_and_agree_with_what_was_printed(r
     assert values(klass, model="llada_8b_instruct", method="klass", task="math500", metric="accuracy") == [33.8]
     assert values(klass, model="dream_7b_instruct", method="vanilla", task="gsm8k", metric="accuracy") == [79.55]
     assert values(reported, paper="pc_sampler", method="pc_sampler", task="gsm8k") == [82.2]
+
+
+def test_streaming_dllm_tables_agree_with_their_own_speedups(reported):
+    """Each printed speed-up is the cell's tokens/s over the backbone's, within the rounding of both
+    (the README prints one decimal); 2 models x 4 tasks x 2 lengths x 5 methods, 3 numbers each."""
+    rows = reported[reported["paper"] == "streaming_dllm"]
+    assert len(rows) == 2 * 4 * 2 * 5 * 3
+    for (model, task, setting), cell in rows.groupby(["model", "task", "setting"]):
+        base = values(cell, method="vanilla", metric="throughput")[0]
+        for method in ("vanilla", "dkv_cache", "fast_dllm_prefix", "fast_dllm_prefix_parallel", "streaming_dllm"):
+            tps = values(cell, method=method, metric="throughput")[0]
+            printed = values(cell, method=method, metric="speedup")[0]
+            low, high = (tps - 0.05) / (base + 0.05) - 0.05, (tps + 0.05) / (base - 0.05) + 0.05
+            assert low <= printed <= high, (model, task, setting, method)
+    headline = dict(model="llada_1_5", method="streaming_dllm", task="gsm8k", setting="gen_length=512")
+    assert values(rows, metric="speedup", **headline) == [28.0]
