@@ -50,12 +50,15 @@ class Remote:
         return f"<solution object {self.ref}>"
 
 
-_PLAIN = (str, bool, type(None))  # exact types that cross unchanged (ints too, when not huge)
+_PLAIN = (str, bool, type(None))  # exact types that cross unchanged (ints when not huge, finite floats)
 _BIG_INT_BITS = 1024  # larger ints cross in hex: decimal conversion is quadratic
 
 
 def _plain(value):
+    """Crosses as itself; the common case, checked first (a list of a million floats is a HumanEval+ answer)."""
     kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
     return kind in _PLAIN or (kind is int and value.bit_length() <= _BIG_INT_BITS)
 
 
