@@ -58,6 +58,9 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("pc_sampler", "policy_options.lambd", [0.0, 0.25, 1.0]),
     ("eb_sampler", "policy_options.gamma", [0.001, 0.01, 0.1, 1.0]),
     ("d2_cache", "current_k", [2, 8, 32]),
+    # Streaming-dLLM: the suffix window (0: the tail alone) and the threshold's slope alpha (0: fixed tau)
+    ("streaming_dllm", "window_size", [0, 2, 8, 32]),
+    ("streaming_dllm", "policy_options.alpha", [0.0, 0.3, 0.6]),
 ]
 
 
