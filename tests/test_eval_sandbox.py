@@ -126,9 +126,27 @@ def test_values_cross_with_their_types():
         "    assert echo(v) == v and type(echo(v)) is type(v), v\n"
         "assert math.isinf(echo(float('inf'))) and math.isnan(echo(float('nan')))\n"
         "assert is_tree(root) and not is_tree(1) and echo(root) is not None\n"
+        "# long lists of floats cross packed: values, signs and the ints among them kept\n"
+        "long = [1, 3, -0.0, 2**53, 1e308, 5e-324] + [i / 7 for i in range(1000)] + [float('inf')]\n"
+        "back = echo(long)\n"
+        "assert back == long and [type(x) for x in back] == [type(x) for x in long]\n"
+        "assert math.copysign(1, back[2]) == -1 and echo([float('nan')] * 300 + [0.5])[0] != 0\n"
+        "assert echo([2**60] + [0.5] * 300)[0] == 2**60 and echo([True] + [0.5] * 300)[0] is True\n"
     )
     result = run_check(solution, tests, LIMITS)
     assert result.passed, result
+
+
+def test_a_packed_list_is_checked_before_it_is_believed():
+    from dllm_accel.eval.sandbox_child import decode, encode
+
+    packed = encode([7] + [0.5] * 300)
+    assert decode(packed) == [7] + [0.5] * 300
+    raw, positions, values = packed["f64"]
+    for bad in ([raw[:-4], positions, values], [raw, [301], values], [raw, [-1], values], [raw, [0.0], values],
+                [raw, positions, ["7"]], [raw, positions, []], ["%%%", positions, values]):
+        with pytest.raises((ValueError, TypeError)):
+            decode({"f64": bad})
 
 
 def test_an_object_with_its_own_equality_cannot_pass():
