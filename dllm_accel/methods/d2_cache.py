@@ -77,8 +77,10 @@ class D2Cache(ForwardStrategy):
     Config = D2CacheConfig
     config: D2CacheConfig
     supports_cfg: ClassVar[bool] = False
-    # its official cases are unpadded (the official LLaDA model shifts positions past pads, our LLaDA does not),
-    # and a padded row would not equal its batch-1 run
+    # the official code runs padded batches, but couples their rows: each pass tops every row up to the widest
+    # row's count and those rows refresh their K/V, so a row's answer depends on its batch-mates (official, tiny
+    # Dream and LLaDA, prompts 16 and 11 -> 32 tokens: the padded row differs from its batch-1 run at 7-18
+    # positions; without the cache the certainty rule gives batch-1 answers); the suite promises batch-1 answers
     supports_padding: ClassVar[bool] = False
 
     def decoding_policy(self, policy: DecodingPolicy, canvas: Canvas) -> DecodingPolicy:
