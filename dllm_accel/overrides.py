@@ -27,7 +27,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Hydra flags that point it at other configs or do no composing: the check leaves those to Hydra
 _NOT_CHECKED = ("config_path", "config_name", "config_dir", "experimental_rerun", "shell_completion", "info")
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list ([a,b])",
+               dict: "a mapping ({k: v})"}
 
 
 class BadOverride(ValueError):
@@ -119,7 +120,7 @@ def explain(error: Exception, overrides: list[str]) -> str:
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
             return _unknown_key(written, cause.full_key, cause.object_type)
         if isinstance(cause, ValidationError):
-            expected = _expected(cause.object_type, cause.key)
+            expected = _expected(cause.object_type, cause.key, cause.full_key)
             if expected:
                 return f"{written}: {cause.full_key} must be {expected} (got {cause.value!r})"
             return f"{written}: {_first_line(cause.msg)}"
@@ -150,6 +151,10 @@ def _check_group_choice(override, groups: set[str], loader) -> None:
             raise BadOverride(f"{override.input_line}: no config group {key!r} in conf/{_suggest(key, known)} "
                               f"(accepted: {', '.join(known)})")
         return
+    if override.value() is None:
+        accepted = _group_options(key, loader)
+        raise BadOverride(f"{override.input_line}: config group {key} takes one of its options (accepted: "
+                          f"{', '.join(accepted)}); to leave out an optional group, write ~{key}")
     for choice in _choices(override):
         folder, _, name = f"{key}/{choice}".rpartition("/")
         if name not in loader.get_group_options(folder, results_filter=ObjectType.CONFIG):
@@ -225,7 +230,7 @@ def _field_names(kind: type) -> list[str]:
     return [f.name for f in dataclasses.fields(kind)]
 
 
-def _expected(parent_type, key) -> str | None:
+def _expected(parent_type, key, full_key: str | None = None) -> str | None:
     """What a typed key accepts, from the schema dataclass that declares it."""
     if not dataclasses.is_dataclass(parent_type) or key is None:
         return None
@@ -239,6 +244,9 @@ def _expected(parent_type, key) -> str | None:
         annotation = next(a for a in args if a is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         text = "one of " + ", ".join(member.name for member in annotation)
+    elif dataclasses.is_dataclass(annotation):
+        names = ", ".join(_field_names(annotation)) or "none here"
+        text = f"a group of settings, each set as {full_key or key}.<name>=... (names: {names})"
     else:
         text = _TYPE_NAMES.get(annotation)
     return f"{text} or null" if text and optional else text

@@ -157,6 +157,10 @@ HYDRA_BAD = {
     "method=vanilla,fast_dllm": ("method=vanilla,fast_dllm", "--multirun"),
     "-m method=vanilla,nope": ("method=vanilla,nope", "no option 'nope'"),
     "-m method=vanilla,fast_dllm method.options.threshold=0.9": ("method.options.threshold=0.9", "no key 'threshold'"),
+    "model=null": ("model=null", "takes one of its options", "llada_8b_instruct"),
+    "task.lengths=5": ("task.lengths=5", "must be a list"),
+    "sampler=abc": ("sampler=abc", "sampler.<name>=...", "gen_length"),
+    "retry_failed=maybe": ("retry_failed=maybe", "true or false"),
 }
 
 
