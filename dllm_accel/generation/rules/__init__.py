@@ -57,6 +57,11 @@ class FirstPositionFirst(DreamBlockPolicy):
     def begin_block(self, canvas: Canvas) -> None:
         self.inner.begin_block(canvas)
 
+    def reads(self, canvas: Canvas) -> slice:
+        """The first pass reads the block's first position; later passes what the rule reads (a rule
+        that samples every mask of the pass, as the official cached samplers do, needs them all)."""
+        return super().reads(canvas) if canvas.block_step == 0 else self.inner.reads(canvas)
+
     def block_finished(self, canvas: Canvas) -> bool:
         return self.inner.block_finished(canvas)
 
