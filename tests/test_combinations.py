@@ -70,9 +70,13 @@ TUNED = {
         "dkv_cache_pd": {"variant": "pd", "refresh_interval": 4},
     },
     "d2_cache": {"d2_cache": {"current_k": 2}},
+    "dkv_cache_greedy": {"dkv_cache_greedy": {"refresh_interval": 2, "window_size": 1}},
 }
 # strategies that decode with one registered rule only, and the error they give for any other
-ONLY_RULE = {"d2_cache": ("certainty_prior", "decode it with policy='certainty_prior'")}
+ONLY_RULE = {
+    "d2_cache": ("certainty_prior", "decode it with policy='certainty_prior'"),
+    "dkv_cache_greedy": ("random_order", "decode it with policy='random_order'"),
+}
 
 
 def matrix_strategies() -> dict[str, tuple[str, dict]]:
@@ -113,6 +117,7 @@ REUSED = {
     "dkv_cache_pd": lambda stats: stats["cached_passes"] > 0,
     "d2_cache": lambda stats: stats["cached_passes"] > 0,
     "streaming_dllm": lambda stats: stats["cached_passes"] > 0,
+    "dkv_cache_greedy": lambda stats: stats["cached_passes"] > 0,
 }
 
 
@@ -134,6 +139,11 @@ def policy_settings(policy: str, family: str) -> dict:
 def documented_error(strategy: str, policy: str, family: str) -> str | None:
     """The error a pair that cannot compose must raise (None: it must run)."""
     name, options = STRATEGIES[strategy]
+    # sampler settings are checked first, then whether the strategy runs on the model, then the pair
+    if policy == "factor" and family == "dream":
+        return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
+    if policy in available_rules() and family not in rule_class(policy).samplers:
+        return rule_error(strategy, policy, family)
     refusal = build_method(name, **options).model_refusal(tiny_model(family).spec)
     if refusal is not None:  # the strategy does not run on this family, whatever the policy
         return refusal
@@ -142,12 +152,8 @@ def documented_error(strategy: str, policy: str, family: str) -> str | None:
         if error is None and name in ONLY_RULE and policy != ONLY_RULE[name][0]:
             return ONLY_RULE[name][1]
         return error
-    if policy == "factor" and family == "dream":
-        return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
     if name in ONLY_RULE:
         return ONLY_RULE[name][1]
-    if policy == "factor" and family == "dream":
-        return "factor=1.0 is a LLaDA rule; Dream's parallel decoding is alg='confidence_threshold'"
     if strategy in CACHED_BLOCK_PASSES and policy.startswith("dyllm_engine"):
         return "decodes with sampler 'llada' or 'dream', got 'dyllm'"
     if strategy in CACHED_BLOCK_PASSES and policy == "tokens_per_step" and family == "dream":

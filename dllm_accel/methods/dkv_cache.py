@@ -40,6 +40,7 @@ import torch
 
 from ..generation.canvas import Canvas
 from ..models.core import DiffusionTransformer
+from ..models.rope import RopeTable
 from ..models.spec import ModelSpec
 from .base import ForwardStrategy, MethodConfig
 from .fast_dllm_cache import BlockKVCache
@@ -186,21 +187,8 @@ class DKVCache(ForwardStrategy):
     # -- the cached pass -----------------------------------------------------------------
     def _run_uncached(self, model: DiffusionTransformer, canvas: Canvas, width: int) -> None:
         """Recompute the uncached rows of every row (padded to ``width`` with cached ones)."""
-        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, :width]
-        kept = self.valid.gather(1, order)[:, None, :, None]
-        rows = self.rope.select(order)
-        index = order[:, None, :, None]
-        x = model.embed(canvas.x.gather(1, order))
-        for layer, block in enumerate(model.blocks):
-            q, k, v = block.qkv(block.attn_norm(x))
-            keys, values = self.cache.keys[layer], self.cache.values[layer]
-            at = index.expand(-1, keys.shape[1], -1, keys.shape[-1])
-            keys.scatter_(2, at, torch.where(kept, keys.gather(2, at), block.rope(k, rows)))
-            values.scatter_(2, at, torch.where(kept, values.gather(2, at), v))
-            ctx = block.attend(block.rope(q, rows), keys, values, canvas.key_mask)
-            x = x + block.attn_out(ctx)
-            x = x + block.mlp(block.mlp_norm(x))
-        self.hidden.scatter_(1, order[:, :, None].expand(-1, -1, x.shape[-1]), x)
+        hidden, order = recompute_rows(model, self.cache, canvas, self.rope, self.valid, width)
+        self.hidden.scatter_(1, order[:, :, None].expand(-1, -1, hidden.shape[-1]), hidden)
 
     def _block_logits(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         """Final norm and head over the rows that score the block (Dream: one row earlier)."""
@@ -215,3 +203,27 @@ class DKVCache(ForwardStrategy):
         stats["dense_passes" if full else "cached_passes"] += 1
         stats["rows_computed"] += width * canvas.x.shape[0]
         stats["rows_dense"] += canvas.length * canvas.x.shape[0]
+
+
+def recompute_rows(
+    model: DiffusionTransformer, cache: BlockKVCache, canvas: Canvas, rope: RopeTable, keep: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over ``width`` rows of each batch row against all L cached keys: the rows not in
+    ``keep`` [B, L] (position order), then kept rows as filler where a row has fewer (its widest
+    row sets the shape). The recomputed rows' K/V are written into ``cache``; the fillers' are kept
+    and their outputs are never read. Returns (last hidden states [B, width, d], positions [B, width])."""
+    order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, :width]
+    kept = keep.gather(1, order)[:, None, :, None]
+    rows = rope.select(order)
+    index = order[:, None, :, None]
+    x = model.embed(canvas.x.gather(1, order))
+    for layer, block in enumerate(model.blocks):
+        q, k, v = block.qkv(block.attn_norm(x))
+        keys, values = cache.keys[layer], cache.values[layer]
+        at = index.expand(-1, keys.shape[1], -1, keys.shape[-1])
+        keys.scatter_(2, at, torch.where(kept, keys.gather(2, at), block.rope(k, rows)))
+        values.scatter_(2, at, torch.where(kept, values.gather(2, at), v))
+        ctx = block.attend(block.rope(q, rows), keys, values, canvas.key_mask)
+        x = x + block.attn_out(ctx)
+        x = x + block.mlp(block.mlp_norm(x))
+    return x, order

@@ -93,13 +93,15 @@ def evaluate_samples(
     method: str = "vanilla",
     **settings: Any,
 ) -> TaskResult:
-    """Generate each sample alone (batch 1, no padding) and score it; ``settings`` override the reference."""
+    """Generate each sample alone (batch 1, no padding) and score it; ``settings`` override the reference.
+    Sample i runs after ``torch.manual_seed(i)``, so a rule that draws (``random_order``) scores the same every time."""
     merged = {**reference_settings(task), **settings}
     tokens = model.spec.tokens
     stop_ids = {tokens.eos, tokens.eot} - {None}
     result = TaskResult(task.name)
-    for sample in samples:
+    for i, sample in enumerate(samples):
         prompt = torch.tensor([tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+        torch.manual_seed(i)
         _synchronize(model.device)
         started = time.perf_counter()
         out = generate(model, prompt, method=method, **merged)

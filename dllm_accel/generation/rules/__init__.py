@@ -33,6 +33,9 @@ class DecodingRule(DecodingPolicy):
     strategies_reason: ClassVar[str] = ""
     # "official" or what the rule was written from when no official code exists
     provenance: ClassVar[str] = "official"
+    # True: even at temperature 0 it commits by random draws made for the whole batch at once, so a
+    # row's answer depends on the batch it runs in (a padded batch cannot repeat the batch-1 answers)
+    draws_per_batch: ClassVar[bool] = False
 
     def __init__(self, config: Any, canvas: Canvas, strategy: Any) -> None:
         name = getattr(strategy, "name", None)
