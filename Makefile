@@ -45,7 +45,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not compiled_matrix"
 
-# Every fixture case and method preset again with compile=true (tens of CPU-minutes: inductor compiles each graph).
+# Every fixture case and method preset again with compile=true (118 tests, 39 min on a shared 2-core CPU: inductor compiles each graph).
 test-compiled: $(STAMP)
 	$(PY) -m pytest -m compiled_matrix
 
