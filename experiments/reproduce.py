@@ -52,6 +52,9 @@ SMOKE_KEEPS = {
     "fast_dllm_table2": {"+experiment/fast_dllm_table2/methods": 4},  # the four columns at length 256
     "dyllm_curves": {"sampler.steps": 2},
     "fast_dllm_fig5": {"sampler.threshold": 2},
+    # one (model, task) pair's baseline and method: the points differ only in per-task thresholds
+    "klass_table1": {"+experiment/klass_table1/task_methods": 2},
+    "wino_table1": {"+experiment/wino_table1/task_methods": 2},
 }
 SMOKE_GEN = 16
 SMOKE_LIMIT = 2
