@@ -51,7 +51,7 @@ PAPER_TABLES = (
     PaperTable("fast_dllm_table3_4", "fast_dllm", ("3-4",), "Fast-dLLM Tables 3-4 (LLaDA GSM8K, long and 8-shot)"),
     PaperTable("fast_dllm_fig5", "fast_dllm", ("fig5",), "Fast-dLLM Fig. 5 (tokens per step vs threshold)"),
     PaperTable("dllm_cache_speedups", "dllm_cache", ("radar",), "dLLM-Cache speed-ups (README radar figure)"),
-    PaperTable("dkv_cache_table1", "dkv_cache", ("1",), "dKV-Cache Table 1 (LLaDA-8B-Instruct, confidence remasking)"),
+    PaperTable("dkv_cache_table1", "dkv_cache", ("1",), "dKV-Cache Table 1 (LLaDA-8B-Instruct, random and confidence remasking)"),
     PaperTable("dkv_cache_table2", "dkv_cache", ("2",), "dKV-Cache Table 2 (Dream-v0-7B-Base)"),
     PaperTable("frechet_readme", "fast_dllm_pp", ("readme",),
                "Fast-dLLM++ README (LLaDA-8B-Instruct: GSM8K/HumanEval 256 prefix, GSM8K 1024 dual)",
@@ -94,6 +94,10 @@ METHOD_ORDER = (
     "dllm_cache",
     "dkv_cache",
     "dkv_cache_prefill",
+    "dkv_cache_pd",
+    "vanilla_random",
+    "dkv_cache_greedy",
+    "dkv_cache_greedy_window",
     "fast_dllm",
     "fast_dllm_prefix",
     "fast_dllm_dual",
@@ -124,19 +128,23 @@ def method_label(method: str, options: dict, sampler: dict) -> str:
     """The paper-level name of a method run (see the module docstring). A registered decoding rule
     (``policy``) names the run after the rule, prefixed by the cache it decodes from."""
     policy = sampler.get("policy")
+    if method == "dkv_cache_greedy":  # it always decodes with its own random_order rule
+        return "dkv_cache_greedy_window" if options.get("window_size") else "dkv_cache_greedy"
     if policy:
         base = method_label(method, options, {k: v for k, v in sampler.items() if k != "policy"})
         return policy if base == "vanilla" else f"{base}_{policy}"
     parallel = any(sampler.get(k) is not None for k in PARALLEL_KEYS)
     if method == "vanilla":
-        return "fast_dllm_parallel" if parallel else "vanilla"
+        if parallel:
+            return "fast_dllm_parallel"
+        return "vanilla_random" if sampler.get("remasking") == "random" else "vanilla"
     if method == "fast_dllm":
         mode = next((options[k] for k in CACHE_MODE_KEYS if options.get(k)), "prefix")
         if mode == "none":
             return "fast_dllm_parallel" if parallel else "vanilla"
         return f"fast_dllm_{mode}" + ("_parallel" if parallel else "")
-    if method == "dkv_cache" and options.get("variant") == "prefill":
-        method = "dkv_cache_prefill"
+    if method == "dkv_cache" and options.get("variant") in ("prefill", "pd"):
+        method = f"dkv_cache_{options['variant']}"
     return f"{method}_parallel" if parallel else method  # a combination: reuse + Fast-dLLM's decoding
 
 

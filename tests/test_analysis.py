@@ -113,6 +113,10 @@ def test_method_labels_follow_the_settings_not_the_file_name():
     assert method_label("fast_dllm", {"mode": "prefix"}, {}) == "fast_dllm_prefix"
     assert method_label("my_method", {}, {}) == "my_method"
     assert method_label("sparse_dllm", {"keep_ratio": 0.5}, {"threshold": 0.9}) == "sparse_dllm_parallel"
+    assert method_label("vanilla", {}, {"remasking": "random"}) == "vanilla_random"
+    assert method_label("dkv_cache", {"variant": "pd"}, {}) == "dkv_cache_pd"
+    assert method_label("dkv_cache_greedy", {"window_size": 0}, {"policy": "random_order"}) == "dkv_cache_greedy"
+    assert method_label("dkv_cache_greedy", {"window_size": 4}, {"policy": "random_order"}) == "dkv_cache_greedy_window"
 
 
 def test_comparison_verdicts_missing_rows_and_new_methods(store):
