@@ -164,6 +164,19 @@ HYDRA_BAD = {
 }
 
 
+def test_a_small_multirun_is_composed_job_by_job_a_large_one_value_by_value():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dllm_accel.overrides import _jobs
+
+    parse = OverridesParser.create().parse_overrides
+    small = list(_jobs(parse(["method=vanilla,fast_dllm", "seed=1,2", "batch_size=3"]), multirun=True))
+    assert sorted(small) == sorted([m, s, "batch_size=3"] for m in ("method=vanilla", "method=fast_dllm")
+                                   for s in ("seed=1", "seed=2"))
+    large = list(_jobs(parse(["seed=range(0,10)", "batch_size=range(1,5)"]), multirun=True))
+    assert len(large) == 1 + 9 + 3 and ["seed=9", "batch_size=1"] in large and ["seed=9", "batch_size=4"] not in large
+
+
 # through a subprocess each costs an interpreter start with torch: these in the fast tier, all of them in the slow
 HYDRA_BAD_FAST = {"batch_size=abc", "experiment=nope", "+nosuchkey=1", "-m method=vanilla,nope"}
 
