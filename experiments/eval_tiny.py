@@ -49,6 +49,8 @@ SWEEPS: list[tuple[str, str, list[Any]]] = [
     ("dllm_cache", "gen_interval_steps", [2, 7, 16]),
     ("dllm_cache", "prompt_interval_steps", [2, 10, 100]),
     ("dkv_cache", "refresh_interval", [1, 2, 4, 8, 16]),
+    ("dkv_cache_greedy", "refresh_interval", [1, 2, 4, 8]),
+    ("dkv_cache_greedy_window", "window_size", [1, 2, 4, 8]),
     # registered decoding rules: a knob of the rule's options is ``policy_options.<name>``
     ("wino", "policy_options.threshold", [0.3, 0.5, 0.6, 0.7, 0.9]),
     ("frechet", "policy_options.margin", [-0.5, 0.0, 0.25, 0.5]),
