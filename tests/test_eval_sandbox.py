@@ -314,7 +314,8 @@ NON_ROOT_ATTACKS = ("pid1_exec_survivor", "write_outside", "delete_outside", "rm
                     "early_os_exit", "chmod_interpreter", "new_user_namespace")
 
 
-def test_unshare_contains_a_non_root_runner(open_tmp, monkeypatch):
+@pytest.mark.parametrize("mode", ["unshare", "bwrap"])
+def test_each_isolation_contains_a_non_root_runner(mode, open_tmp):
     """As uid 65534, with its own venv and host files it could write: the same containment as root."""
     python = interpreter_for(NOBODY)
     if python is None:
@@ -330,9 +331,9 @@ def test_unshare_contains_a_non_root_runner(open_tmp, monkeypatch):
         checks = [code_tasks.humaneval_check(doc, doc["canonical_solution"]), code_tasks.humaneval_check(doc, "    pass")]
         checks += [code_tasks.humaneval_check(doc, indent(attacks[name])) for name in NON_ROOT_ATTACKS]
         env = {"PATH": "/usr/bin:/bin", "WANDB_API_KEY": SECRET}
-        outcome = run_checks_as(checks, str(venv), uid=NOBODY, limits=LIMITS, isolation="unshare", env=env)
+        outcome = run_checks_as(checks, str(venv), uid=NOBODY, limits=LIMITS, isolation=mode, env=env)
         if outcome.unavailable:
-            pytest.skip(f"unshare cannot isolate as uid 65534 here: {outcome.unavailable}")
+            pytest.skip(f"{mode} cannot isolate as uid 65534 here: {outcome.unavailable}")
         assert outcome.uid == NOBODY
         (canonical, empty, *hostile) = outcome.results
         assert canonical.status == "passed" and empty.status == "failed", (canonical, empty)
