@@ -119,6 +119,7 @@ def test_method_labels_follow_the_settings_not_the_file_name():
     assert method_label("dkv_cache_greedy", {"window_size": 4}, {"policy": "random_order"}) == "dkv_cache_greedy_window"
 
 
+@pytest.mark.slow
 def test_comparison_verdicts_missing_rows_and_new_methods(store):
     table = compare(load_reported(), load_runs(store), BY_EXPERIMENT["fast_dllm_table1"])
     cell = table.set_index(["task", "method", "setting", "metric"])
@@ -179,6 +180,7 @@ def test_tables_are_written_as_markdown_latex_and_csv(store, tmp_path):
         write_tables(store, tmp_path, ["no_such_table"])
 
 
+@pytest.mark.slow
 def test_figures_are_written_as_png_and_pdf(store, tmp_path):
     paths = write_figures(store, tmp_path, banner="SMOKE OUTPUT")
     names = {p.name for p in paths}
@@ -224,6 +226,7 @@ def test_every_method_has_a_colour_of_its_own_and_a_new_one_takes_none_of_theirs
     assert {label: figures.color(label) for label in METHOD_ORDER} == catalog
 
 
+@pytest.mark.slow
 def test_accuracy_fails_only_outside_our_interval_widened_by_the_paper_spread(tmp_path):
     """400 documents: the interval is about +-4.5 points; 70% against the paper's 79.5% fails, 77% passes."""
     for method, options, right in (("vanilla", {}, 320), ("fast_dllm", {"mode": "prefix"}, 280)):
@@ -247,6 +250,7 @@ def test_tables_and_figures_without_results_say_so_and_fail(tmp_path, capsys):
             reproduce.main(["--only", what, "--results", str(tmp_path / "empty" / "runs")])
 
 
+@pytest.mark.slow
 def test_speedup_interval_comes_from_a_bootstrap_over_batches_and_widens_the_band(tmp_path):
     """Batch times alternating 2 s and 3 s: a 4.0x speed-up with a bootstrap 95% interval of about 14%,
     so 25% above the paper's 3.2x passes the 20% band widened by it, and fails without the band."""

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dllm_accel.paths import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_bench_vanilla_smoke(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "bench_vanilla.py"), "--smoke", "--device", "cpu",
@@ -21,6 +24,7 @@ def test_bench_vanilla_smoke(tmp_path):
     assert [r["nfe"] for r in records[:3]] == [8, 8, 8] and 0 < records[3]["nfe"] <= 8 * 3
 
 
+@pytest.mark.slow
 def test_bench_methods_smoke(tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "bench_methods.py"), "--smoke", "--models", "llada_8b",
            "--presets", "vanilla", "fast_dllm_dual", "--out-dir", str(tmp_path), "--tag", "smoke"]
@@ -37,3 +41,14 @@ def test_bench_methods_smoke(tmp_path):
     vanilla = next(p for p in points if p["preset"] == "vanilla")
     assert vanilla["eager"]["nfe"] == 16
     assert "| llada_8b | fast_dllm_dual |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_every_benchmarked_family_has_a_tiny_twin_for_the_smoke_run():
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    from bench_vanilla import FULL_SIZE
+
+    assert {"llada_8b", "dream_7b", "llada_moe_7b", "llada2_mini"} <= set(FULL_SIZE)
+    for name, entry in FULL_SIZE.items():
+        if "full" in entry:
+            assert (REPO_ROOT / entry["base"] / "config.json").is_file(), name
+            assert (REPO_ROOT / entry["full"] / "config.json").is_file(), name

@@ -599,6 +599,7 @@ def test_categorical_draw_without_a_host_read_is_the_distributions():
 # -- host reads and launches (issue 15) ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["dyllm", "combined_dyllm_dual"])

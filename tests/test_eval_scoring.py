@@ -105,6 +105,7 @@ def _verdicts(run, docs, completions):
     return [v[0]["status"] for v in run([[c] for c in completions], docs)]
 
 
+@pytest.mark.slow
 def test_humaneval_canonical_solutions_all_pass_and_a_wrong_one_fails():
     docs = read_jsonl(DATA / "humaneval" / "HumanEval.jsonl.gz")
     code_tasks.configure_execution(workers=4, humaneval_postprocess="lm_eval")
@@ -117,6 +118,7 @@ def test_humaneval_canonical_solutions_all_pass_and_a_wrong_one_fails():
     assert wrong == ["failed"]
 
 
+@pytest.mark.slow
 def test_the_papers_sanitizer_drops_helpers_the_entry_point_does_not_call():
     """Dream/Fast-dLLM's scorer keeps only what ``entry_point`` reaches, so HumanEval/50's canonical
     solution fails there: its test calls ``encode_shift``, which ``decode_shift`` never references."""
@@ -127,6 +129,7 @@ def test_the_papers_sanitizer_drops_helpers_the_entry_point_does_not_call():
     assert "def encode_shift" not in code_tasks.humaneval_solution(docs[50], docs[50]["canonical_solution"])
 
 
+@pytest.mark.slow
 def test_humaneval_plus_canonical_solutions_pass_on_the_plus_inputs():
     """Every 16th task; HumanEval/32's OriginFmt check is broken upstream (it unpacks the float
     ``find_zero`` returns), so even the canonical solution fails it."""
@@ -136,6 +139,7 @@ def test_humaneval_plus_canonical_solutions_pass_on_the_plus_inputs():
     assert failed == ["HumanEval/32"] and len(docs) == 11
 
 
+@pytest.mark.slow
 def test_mbpp_canonical_code_passes_and_a_wrong_one_fails():
     rows = [r for r in read_jsonl(DATA / "mbpp" / "mbpp.jsonl.gz") if r["task_id"] in code_tasks.MBPP_TEST_IDS]
     docs = rows[::10]

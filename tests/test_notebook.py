@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from dllm_accel.paths import REPO_ROOT
@@ -13,6 +14,7 @@ from dllm_accel.paths import REPO_ROOT
 NOTEBOOK = REPO_ROOT / "notebooks" / "walkthrough.ipynb"
 
 
+@pytest.mark.slow
 def test_walkthrough_runs_on_smoke_results(tmp_path, monkeypatch):
     results = tmp_path / "smoke" / "runs"
     smoke = [sys.executable, str(REPO_ROOT / "experiments" / "reproduce.py"), "--scope", "smoke", "--table",
@@ -32,3 +34,14 @@ def test_walkthrough_runs_on_smoke_results(tmp_path, monkeypatch):
     assert any(p.parent.parent.name.startswith("stale_logits-") for p in results.rglob("summary.json"))
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the front before and after the new method
+
+
+def test_every_code_cell_of_the_walkthrough_parses():
+    """The slow test executes the notebook; this one only reads it: valid, every code cell Python."""
+    import ast
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(ast.parse(source) for source in code)
+    assert any("DLLM_ACCEL_RESULTS" in source for source in code)

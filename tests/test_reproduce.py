@@ -32,6 +32,7 @@ def check_point(config: dict) -> None:
     SamplerSettings(**sampler_settings(config)).resolve(spec, prompt_length=0)
 
 
+@pytest.mark.slow
 def test_every_table_has_an_experiment_and_every_experiment_expands():
     assert {t.experiment for t in PAPER_TABLES} <= set(reproduce.TABLES) <= set(EXPERIMENTS)
     with reproduce.hydra_session():
@@ -112,6 +113,7 @@ def _samples(results: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_give_the_same_answers_as_one_process(tmp_path):
     one = _tiny_run(tmp_path / "one" / "runs", [], [sys.executable])
     assert one.returncode == 0, one.stderr[-2000:]
@@ -126,6 +128,7 @@ def test_torchrun_two_ranks_give_the_same_answers_as_one_process(tmp_path):
     assert a["accuracy"] == b["accuracy"] and b["n_samples"] == 4
 
 
+@pytest.mark.slow
 def test_launcher_runs_each_experiment_as_one_hydra_multirun(tmp_path, monkeypatch):
     """``--launcher`` hands the experiment to Hydra (tests/test_run_launchers.py runs that path for real)."""
     calls = []
@@ -141,6 +144,7 @@ def test_launcher_runs_each_experiment_as_one_hydra_multirun(tmp_path, monkeypat
         reproduce.main(["--scope", "smoke", "--launcher", "slurm_1gpu"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["fast_dllm_table1", "fast_dllm_table2", "sparse_dllm_table1"])
 def test_an_added_method_runs_at_every_point_of_the_first_method(experiment):
     with reproduce.hydra_session():

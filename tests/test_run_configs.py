@@ -65,6 +65,7 @@ def test_every_method_file_composes_against_its_schema(method):
     build_method(config["method"]["name"], **config["method"]["options"])
 
 
+@pytest.mark.slow
 def test_every_model_method_task_combination_instantiates():
     """Group nodes compose independently, so each triple is the union of the three composed nodes."""
     failures = []
@@ -91,6 +92,7 @@ def test_every_task_finds_its_local_data(task):
     check_data(_group_node("task", task)["lm_eval_task"], default_data_dir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     config = OmegaConf.to_container(_compose(f"experiment={experiment}"), resolve=True)

@@ -76,6 +76,7 @@ def reference(tmp_path_factory) -> Path:
     return _run_dir(tmp)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_samples_and_summary(reference):
     summary = json.loads((reference / SUMMARY).read_text())
     assert SUMMARY_KEYS <= set(summary)
@@ -103,12 +104,14 @@ def test_tiny_run_writes_samples_and_summary(reference):
     assert (reference / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_wandb_offline_files_appear(reference):
     runs = list((reference / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_samples(reference, tmp_path):
     process = _cli(tmp_path, "task.limit=5", "tracking=none", background=True)
     deadline = time.time() + 240
@@ -133,6 +136,7 @@ def test_killed_run_resumes_to_the_uninterrupted_samples(reference, tmp_path):
     assert not (samples.parent / "wandb").exists()  # tracking=none writes nothing
 
 
+@pytest.mark.slow
 def test_a_multirun_sweep_gives_each_point_its_own_results_and_wandb_run(tmp_path):
     sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
     _cli(tmp_path, "method=vanilla,fast_dllm", "task.limit=2", "tracking=offline", sweep, multirun=True)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dllm_accel.results import SUMMARY, read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,7 @@ def _run(command: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_torchrun_data_parallel_ranks_share_one_run(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     command = [
@@ -40,6 +43,7 @@ def test_torchrun_data_parallel_ranks_share_one_run(tmp_path):
     assert summary["complete"] and summary["measurement"]["all"]["samples"] == 4
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_runs_each_point_in_its_own_process(tmp_path):
     command = [sys.executable, "-m", "dllm_accel.run", "--multirun", "hydra/launcher=local_procs"]
     done = _run(command + ["method=vanilla,fast_dllm_dual", "task.limit=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -51,3 +55,13 @@ def test_submitit_local_sweep_runs_each_point_in_its_own_process(tmp_path):
     assert [json.loads(p.read_text())["preset"] for p in summaries] == ["fast_dllm_dual", "vanilla"]
     processes = {read_samples(p.parent)[0]["process"].split("-")[0] for p in summaries}
     assert len(processes) == 2 and str(os.getpid()) not in processes
+
+
+def test_the_launcher_configs_name_submitits_launchers():
+    """The slow tests above run local_procs; slurm_1gpu is the same launcher on SLURM, one GPU per point."""
+    import yaml
+
+    folder = ROOT / "conf" / "hydra" / "launcher"
+    local, slurm = (yaml.safe_load((folder / f"{n}.yaml").read_text()) for n in ("local_procs", "slurm_1gpu"))
+    assert local["defaults"] == ["submitit_local"] and slurm["defaults"] == ["submitit_slurm"]
+    assert slurm["gpus_per_node"] == 1 and slurm["tasks_per_node"] == 1

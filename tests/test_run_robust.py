@@ -113,6 +113,7 @@ def _one_line_error(overrides: list[str], tmp: Path, capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", sorted(BAD_VALUES))
 def test_every_bad_value_is_one_line_naming_it(override, tmp_path, capsys):
     extra = ["method=sparse_dllm"] if override.startswith("method.options") else []
@@ -128,6 +129,7 @@ def test_every_bad_checkpoint_is_one_line_naming_the_file(damage, tmp_path, caps
     assert BAD_CHECKPOINTS[damage] in line and str(directory) in line, line
 
 
+@pytest.mark.slow
 def test_the_cli_prints_one_line_and_the_debug_switch_the_traceback(tmp_path):
     quiet = _cli(tmp_path, "task.limit=0")
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
@@ -178,9 +180,10 @@ def test_a_small_multirun_is_composed_job_by_job_a_large_one_value_by_value():
 
 
 # through a subprocess each costs an interpreter start with torch: these in the fast tier, all of them in the slow
-HYDRA_BAD_FAST = {"batch_size=abc", "experiment=nope", "+nosuchkey=1", "-m method=vanilla,nope"}
+HYDRA_BAD_FAST = {"batch_size=abc"}  # one CLI round trip in the fast tier (seconds each), the rest slow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments", sorted(HYDRA_BAD))
 def test_every_bad_override_is_one_line_naming_it(arguments, capsys):
     with pytest.raises(SystemExit) as exit_info, reported(False):
@@ -203,6 +206,7 @@ def test_a_bad_override_is_one_line_through_the_cli(arguments, tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "hydra").exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_the_debug_switch_shows_hydras_own_error():
     for switch, env in (("debug=true", {}), ("task.limit=3", {"DLLM_ACCEL_DEBUG": "1"})):
         done = _cli(Path("/nonexistent"), "batch_size=abc", switch, env=env)
@@ -210,6 +214,7 @@ def test_the_debug_switch_shows_hydras_own_error():
         assert "ConfigCompositionException: Error merging override batch_size=abc" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_context_is_reported(tmp_path):
     window = ["sampler.gen_length=4096", "sampler.block_length=4096", "sampler.steps=16"]
     result = _cli(tmp_path, "task=humaneval", "task.limit=2", *window)

@@ -74,6 +74,7 @@ def _robust_case(family: str) -> dict:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batch_rows_equal_their_batch_of_one(family):
     """Selection is per row: every row of a batch equals its own batch-1 run, kept keys included."""

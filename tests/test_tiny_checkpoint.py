@@ -82,6 +82,7 @@ def test_tokenizer_ids_agree_with_the_model_config():
     assert len(tokenizer) <= model.spec.vocab_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_vanilla_stays_above_its_floor(task):
     recorded = RECORD["accuracy"]["vanilla"][task]
@@ -91,6 +92,7 @@ def test_vanilla_stays_above_its_floor(task):
     assert accuracy > TASKS[task].chance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", [e["preset"] for e in PRESETS if e["preset"] != "vanilla"])
 def test_preset_stays_within_its_margin_of_vanilla(preset):
     assert preset in RECORD["accuracy"], f"no recorded CI accuracy for {preset!r}: run experiments/eval_tiny.py --margins"
@@ -101,6 +103,7 @@ def test_preset_stays_within_its_margin_of_vanilla(preset):
         assert drop <= margin + 1e-9, f"{preset} on {task}: {drop:.2f} below vanilla, margin {margin:.2f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runner_task,method", [("tiny_passkey", "sparse_dllm"), ("tiny_arithmetic", "fast_dllm_dual")])
 def test_runner_task_scores_what_the_generator_scores(tmp_path, runner_task, method):
     """``task=tiny_*`` under the runner: the same prompts, byte for byte, and the same hits as evaluate_samples."""
