@@ -163,7 +163,7 @@ class FixedOrder(RandomOrderPolicy):
     """The same commit order, relative to the block, in every row and every run (no random draw)."""
 
     def __init__(self) -> None:
-        pass
+        self.strategy = None
 
     def begin_block(self, canvas):
         super().begin_block(canvas)
