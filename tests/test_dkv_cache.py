@@ -53,6 +53,8 @@ def _settings(family: str, case: dict) -> dict:
 
 
 def _run(family: str, case: dict, strategy, prompt: torch.Tensor, mask: torch.Tensor | None):
+    if "torch_manual_seed" in case:  # a sampled case: the official draws come from torch's global generator
+        torch.manual_seed(case["torch_manual_seed"])
     return generate(tiny_model(family), prompt, mask, method=strategy, output_history=True, **_settings(family, case))
 
 
