@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dllm_accel.generation.settings import block_size
 from dllm_accel.measure import TOKEN_COUNTS, summarize
 from dllm_accel.results import CONFIG, SUMMARY, read_samples
 
@@ -85,7 +86,7 @@ def run_identity(config: dict) -> dict:
         "batch_size": config.get("batch_size", 1),
         "gen_length": gen_length,
         "steps": steps,
-        "block_length": sampler.get("block_length") or gen_length,
+        "block_length": block_size(sampler.get("block_length"), gen_length) if gen_length else sampler.get("block_length"),
         "threshold": threshold,
         "tokens_per_step": gen_length / steps if fixed_count and gen_length and steps else None,
         "rope_scaling": config.get("model", {}).get("rope_scaling", 1.0),

@@ -74,7 +74,11 @@ _register_resolvers()
 
 # ------------------------------------------------------------------ settings
 def sampler_settings(config: dict) -> dict:
-    """Task defaults, then the method's overrides, then the task's fixed window, then the run's."""
+    """Task defaults, then the method's overrides, then the task's fixed window, then the run's.
+
+    The schema gives every key a layer leaves out a null, so a null means "not set here" and the
+    layer below shows through; one block is asked for with ``block_length: gen_length`` (``ONE_BLOCK``).
+    """
     merged: dict = {}
     layers = (config["task"].get("sampler"), config["method"].get("sampler"), config["task"].get("window"))
     for layer in (*layers, config.get("sampler")):

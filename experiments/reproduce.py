@@ -179,6 +179,7 @@ def compose_point(overrides: list[str]) -> tuple[DictConfig, Point]:
 
 def shrink(cfg: DictConfig) -> DictConfig:
     """The smoke version of one composed point (see the module docstring)."""
+    from dllm_accel.generation.settings import block_size
     from dllm_accel.run import sampler_settings
 
     family = "dream" if cfg.model.name.startswith("dream") else "llada"
@@ -199,7 +200,7 @@ def shrink(cfg: DictConfig) -> DictConfig:
     merged = sampler_settings(OmegaConf.to_container(cfg, resolve=True))
     gen = merged.get("gen_length") or merged.get("max_new_tokens")
     steps = merged.get("steps") or gen
-    block = merged.get("block_length") or gen
+    block = block_size(merged.get("block_length"), gen)
     if "gen_length" in merged:
         cfg.sampler.gen_length = SMOKE_GEN
     if "max_new_tokens" in merged:

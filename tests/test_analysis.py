@@ -12,7 +12,7 @@ from analysis.catalog import BY_EXPERIMENT, method_label
 from analysis.compare import Bands, compare
 from analysis.figures import pareto_front, write_figures
 from analysis.reported import load_reported
-from analysis.store import load_runs, load_samples
+from analysis.store import load_runs, load_samples, run_identity
 from analysis.tables import write_tables
 from dllm_accel.measure import summarize
 from dllm_accel.results import RunStore, run_directory
@@ -338,3 +338,9 @@ def test_every_latex_table_compiles(tmp_path):
         assert done.returncode == 0, f"{source.name}: {done.stdout[-1500:]}"
         assert document.with_suffix(".pdf").is_file()
         assert "Missing character" not in log and "Overfull \\vbox" not in log, source.name
+
+
+def test_a_one_block_run_reads_its_block_as_the_generation_length():
+    config = {"model": {"name": "dream_7b_instruct"}, "task": {"name": "gsm8k", "sampler": {"block_length": 32}},
+              "method": {"name": "d2_cache", "sampler": {"block_length": "gen_length"}}, "sampler": {"gen_length": 256}}
+    assert run_identity(config)["block_length"] == 256

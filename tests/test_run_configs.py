@@ -12,10 +12,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dllm_accel.eval.data import check_data, default_data_dir, template_files
+from dllm_accel.eval.harness import method_preset, split_settings
 from dllm_accel.eval.prompting import resolve_style
 from dllm_accel.eval.schema import CONF_DIR
 from dllm_accel.generation.rules import rule_class
-from dllm_accel.generation.settings import SamplerSettings, SettingsError
+from dllm_accel.generation.settings import ONE_BLOCK, SamplerSettings, SettingsError
 from dllm_accel.methods import build_method
 from dllm_accel.models import load_spec
 from dllm_accel.paths import tiny_checkpoint
@@ -172,21 +173,57 @@ def test_rope_scaling_multiplies_theta():
         scale_rope_theta(scaled, 0)
 
 
-def _asks_for_one_block(method: str) -> bool:
-    sampler = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").get("sampler") or {}
-    return "block_length" in sampler and sampler["block_length"] is None
+def _preset_sampler(method: str) -> dict:
+    return OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").get("sampler") or {}
 
 
-ONE_BLOCK_PRESETS = [m for m in METHODS if _asks_for_one_block(m)]
+ONE_BLOCK_PRESETS = [m for m in METHODS if _preset_sampler(m).get("block_length") == ONE_BLOCK]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the sampler schema fills every unset key with null, so a preset's explicit block_length "
-    "null (one block: d2Cache, the certainty prior, PC-Sampler, EB-Sampler, KLASS on Dream) cannot win over an "
-    "lm-eval task's blocks of 32; experiments write the length itself meanwhile",
-)
+def _merged(*overrides: str) -> dict:
+    return sampler_settings(OmegaConf.to_container(_compose(*overrides), resolve=True))
+
+
+def test_the_one_block_presets_are_found():
+    assert {"d2_cache", "certainty_prior", "pc_sampler", "eb_sampler", "klass_dream"} <= set(ONE_BLOCK_PRESETS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_preset_writes_a_null_block_length(method):
+    # in a config layer a null only means "not set here": the task's blocks would show through it
+    sampler = _preset_sampler(method)
+    assert "block_length" not in sampler or sampler["block_length"] is not None
+
+
 @pytest.mark.parametrize("method", ONE_BLOCK_PRESETS)
 def test_a_preset_asking_for_one_block_gets_one_block_on_an_lm_eval_task(method):
-    merged = sampler_settings(OmegaConf.to_container(_compose(f"method={method}", "task=gsm8k"), resolve=True))
-    assert merged.get("block_length") in (None, merged.get("gen_length"))
+    merged = _merged(f"method={method}", "task=gsm8k", "sampler.gen_length=64", "sampler.steps=64")
+    spec = _family_spec("dream_tiny" if method == "klass_dream" else "llada_tiny")
+    resolved = SamplerSettings(**merged).resolve(spec, prompt_length=0)
+    assert (resolved.block_length, resolved.num_blocks) == (64, 1)
+
+
+def test_a_preset_silent_on_block_length_takes_the_task_blocks():
+    assert "block_length" not in _preset_sampler("vanilla")
+    assert _merged("method=vanilla", "task=gsm8k")["block_length"] == 32
+
+
+def test_the_command_line_block_length_wins_over_a_one_block_preset():
+    assert _merged("method=d2_cache", "task=gsm8k", "sampler.block_length=32")["block_length"] == 32
+    merged = _merged("method=vanilla", "task=gsm8k", "sampler.gen_length=64", f"sampler.block_length={ONE_BLOCK}")
+    assert SamplerSettings(**merged).resolve(_family_spec("llada_tiny"), prompt_length=0).num_blocks == 1
+
+
+@pytest.mark.parametrize("bad", ["whole", 0, True])
+def test_a_bad_block_length_is_one_line_naming_one_block(bad):
+    with pytest.raises(SettingsError, match=f"block_length={bad!r} must be a positive integer or 'gen_length'"):
+        SamplerSettings(gen_length=32, block_length=bad).resolve(_family_spec("llada_tiny"), prompt_length=0)
+
+
+@pytest.mark.parametrize("method", ONE_BLOCK_PRESETS)
+def test_lm_eval_model_args_keep_a_preset_one_block_unless_they_set_blocks(method):
+    name, _, sampler = method_preset(method)
+    spec = _family_spec("dream_tiny" if method == "klass_dream" else "llada_tiny")
+    for model_args, blocks in (({}, 1), ({"block_length": 16}, 4)):
+        given = sampler | split_settings(name, {"gen_length": 64, "steps": 64, **model_args})[1]
+        assert SamplerSettings(**given).resolve(spec, prompt_length=0).num_blocks == blocks

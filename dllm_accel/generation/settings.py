@@ -15,6 +15,9 @@ CONFIDENCE_DTYPES = ("model", "float32", "float64")
 GUMBEL_VARIANTS = ("llada", "dllm_cache")
 # "sampler": the sampler family's own count rule; "constant": gen_length // steps per step (DyLLM)
 TRANSFER_SCHEDULES = ("sampler", "constant")
+# block_length for one block (the whole generation) that a config layer can state: a null there
+# only means "not set here", so a task's blocks of 32 would show through it
+ONE_BLOCK = "gen_length"
 
 
 class SettingsError(ValueError):
@@ -27,14 +30,15 @@ class SamplerSettings:
 
     ``sampler`` picks the rule family (default: the model's own). ``max_new_tokens`` is
     Dream's name for ``gen_length``. ``block_length=None`` means one block (Dream's and
-    LLaDA's pure-diffusion mode). ``alg`` defaults to ``entropy``, the choice of every
+    LLaDA's pure-diffusion mode), and so does ``ONE_BLOCK``, which a preset or command line
+    writes to ask for one block over a task's blocks. ``alg`` defaults to ``entropy``, the choice of every
     official Dream evaluation (the hub generation_config says ``origin``).
     """
 
     gen_length: int | None = None
     max_new_tokens: int | None = None
     steps: int | None = None
-    block_length: int | None = None
+    block_length: int | str | None = None
     temperature: float = 0.0
     sampler: str | None = None
     # LLaDA
@@ -97,8 +101,7 @@ class SamplerSettings:
         _positive_int("gen_length", gen)
         steps = gen if self.steps is None else self.steps
         _positive_int("steps", steps)
-        block = gen if self.block_length is None else self.block_length
-        _positive_int("block_length", block)
+        block = block_size(self.block_length, gen)
         if gen % block:
             raise SettingsError(f"gen_length={gen} is not a multiple of block_length={block}")
         num_blocks = gen // block
@@ -215,6 +218,15 @@ def _check_rule(settings: SamplerSettings, sampler: str, constant: bool) -> None
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def block_size(block_length: int | str | None, gen_length: int) -> int:
+    """The block length a setting means: ``None`` and ``ONE_BLOCK`` are one block of ``gen_length``."""
+    if block_length is None or block_length == ONE_BLOCK:
+        return gen_length
+    if not isinstance(block_length, int) or isinstance(block_length, bool) or block_length < 1:
+        raise SettingsError(f"block_length={block_length!r} must be a positive integer or {ONE_BLOCK!r} (one block)")
+    return block_length
 
 
 def _positive_int(name: str, value: int) -> None:
