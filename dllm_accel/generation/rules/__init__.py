@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..canvas import Canvas, Commit
-from ..parallel import DreamBlockPolicy
+from ..parallel import DreamBlockPolicy, _LLaDAParallelPolicy
 from ..policies import DecodingPolicy
 from ..settings import SettingsError
 
@@ -47,6 +47,27 @@ class DecodingRule(DecodingPolicy):
         """The policy under strategies whose Dream passes start at the block (Fast-dLLM's cache):
         they cannot score the block's first position, so the refresh pass commits it, as there."""
         return FirstPositionFirst(self)
+
+
+class ParallelRule(_LLaDAParallelPolicy, DecodingRule):
+    """A parallel-decoding rule on both samplers: LLaDA keeps Fast-dLLM's block bookkeeping; on
+    Dream the official loops score every mask from the block start to the end of the pass."""
+
+    def __init__(self, config: Any, canvas: Canvas, strategy: Any) -> None:
+        DecodingRule.__init__(self, config, canvas, strategy)
+        self.dream = canvas.settings.sampler == "dream"
+
+    def begin_block(self, canvas: Canvas) -> None:
+        if self.dream:
+            self.first_candidate = canvas.block_start
+        else:
+            super().begin_block(canvas)
+
+    def reads(self, canvas: Canvas) -> slice:
+        return slice(canvas.block_start, None) if self.dream else super().reads(canvas)
+
+    def block_finished(self, canvas: Canvas) -> bool:
+        return canvas.block_done()
 
 
 class FirstPositionFirst(DreamBlockPolicy):

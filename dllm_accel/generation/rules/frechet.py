@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from ..canvas import Canvas, Commit
-from ..parallel import _LLaDAParallelPolicy, score_range
+from ..parallel import score_range
 from ..policies import ranked_rows
 from ..settings import SettingsError
-from . import DecodingRule, register_rule
+from . import ParallelRule, register_rule
 
 
 @dataclass
@@ -61,27 +61,11 @@ def _commit(x0: torch.Tensor, confidence: torch.Tensor, candidates: torch.Tensor
 
 
 @register_rule
-class FrechetPolicy(_LLaDAParallelPolicy, DecodingRule):
+class FrechetPolicy(ParallelRule):
     """Frechet profile decoding; see the module docstring."""
 
     name = "frechet"
     Config = FrechetConfig
-
-    def __init__(self, config: FrechetConfig, canvas: Canvas, strategy: object) -> None:
-        DecodingRule.__init__(self, config, canvas, strategy)
-        self.dream = canvas.settings.sampler == "dream"
-
-    def begin_block(self, canvas: Canvas) -> None:
-        if self.dream:
-            self.first_candidate = canvas.block_start
-        else:
-            super().begin_block(canvas)
-
-    def reads(self, canvas: Canvas) -> slice:
-        return slice(canvas.block_start, None) if self.dream else super().reads(canvas)
-
-    def block_finished(self, canvas: Canvas) -> bool:
-        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         ranked = ranked_rows(canvas, rows)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 
 from ..canvas import Canvas, Commit
-from ..parallel import _LLaDAParallelPolicy, score_range, threshold_commit
+from ..parallel import score_range, threshold_commit
 from ..settings import SettingsError
-from . import DecodingRule, register_rule
+from . import ParallelRule, register_rule
 
 
 @dataclass
@@ -59,28 +59,15 @@ class StreamingThresholdConfig:
 
 
 @register_rule
-class StreamingThresholdPolicy(_LLaDAParallelPolicy, DecodingRule):
+class StreamingThresholdPolicy(ParallelRule):
     """The context-aware threshold and the EOS early exit; see the module docstring."""
 
     name = "streaming_threshold"
     Config = StreamingThresholdConfig
 
     def __init__(self, config: StreamingThresholdConfig, canvas: Canvas, strategy: object) -> None:
-        DecodingRule.__init__(self, config, canvas, strategy)
-        self.dream = canvas.settings.sampler == "dream"
+        super().__init__(config, canvas, strategy)
         self.eos = canvas.spec.tokens.eos if config.eos_id is None else config.eos_id
-
-    def begin_block(self, canvas: Canvas) -> None:
-        if self.dream:
-            self.first_candidate = canvas.block_start
-        else:
-            super().begin_block(canvas)
-
-    def reads(self, canvas: Canvas) -> slice:
-        return slice(canvas.block_start, None) if self.dream else super().reads(canvas)
-
-    def block_finished(self, canvas: Canvas) -> bool:
-        return canvas.block_done()
 
     def select(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> Commit:
         threshold = self.threshold(canvas, rows)
