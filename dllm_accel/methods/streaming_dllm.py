@@ -33,11 +33,11 @@ from ..generation.canvas import Canvas
 from ..generation.parallel import DreamBlockPolicy
 from ..generation.policies import DecodingPolicy
 from ..generation.rules import DecodingRule
-from ..models.compiled import static_buffers
 from ..models.core import DiffusionTransformer
 from ..models.rope import RopeTable
 from .base import ForwardStrategy, MethodConfig, pass_logits
 from .fast_dllm import UntilBlockDone
+from .fast_dllm_cache import BlockKVCache
 from .registry import register
 
 
@@ -87,15 +87,8 @@ def pruned_layout(block_end: int, length: int, window: int, tail_keep: int) -> P
     return PrunedLayout(block_end + head, tail, length)
 
 
-class PrunedKVCache:
-    """Rotated K/V of the pruned sequence, [layers, B, H_kv, L, D]; a pass attends to its first N rows."""
-
-    def __init__(self, model: DiffusionTransformer, batch: int, length: int) -> None:
-        spec = model.spec
-        shape = (spec.n_layers, batch, spec.n_kv_heads, length, spec.head_dim)
-        self.keys = torch.empty(shape, dtype=model.dtype, device=model.device)
-        self.values = torch.empty_like(self.keys)
-        static_buffers(self.keys, self.values)
+class PrunedKVCache(BlockKVCache):
+    """Fast-dLLM's buffer over the pruned sequence: a pass attends only to its first N rows."""
 
     def run(
         self,
