@@ -49,6 +49,9 @@ class Canvas:
     # positions the last pass computed (its model input), when a strategy returns logits for fewer
     # rows: the official samplers rank over, and draw noise for, all of them
     pass_rows: slice | None = None
+    # [B, W] positions the last pass computed, in the order fed, when they are scattered (a cache that
+    # recomputes chosen rows): LLaDA's noise is then drawn over exactly these rows; None = ``pass_rows``
+    pass_positions: torch.Tensor | None = None
     # host copy of the per-row masks left in the block and of ``finished``, read
     # once per step at most (the step's one sync); None = stale since the last write
     # start of the earliest block left with masks (only a capped or step-bounded block ends so)

@@ -65,7 +65,7 @@ def denoise(
         strategy.begin_block(model, canvas)
         while not policy.block_finished(canvas):
             with torch.profiler.record_function(STEP):
-                canvas.reads, canvas.pass_rows = policy.reads(canvas), None
+                canvas.reads, canvas.pass_rows, canvas.pass_positions = policy.reads(canvas), None, None
                 logits, rows = strategy.forward(model, canvas)
                 if canvas.pass_rows is None:
                     canvas.pass_rows = rows

@@ -33,6 +33,7 @@ from .policies import (
     DecodingPolicy,
     DyLLMSamplerPolicy,
     dream_candidates,
+    noise_positions,
     noise_rows,
     ranked_rows,
     top_k_commit,
@@ -68,7 +69,7 @@ def score_range(
     window = slice(start - first, stop - first)
     masked = canvas.x[:, start:stop] == s.mask_id
     if s.sampler == "llada":
-        x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows))
+        x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows), noise_positions(canvas, start))
     else:
         later = max(stop - canvas.block_end, 0) * canvas.batch
         x0, conf = dream_candidates(logits[:, window], masked, canvas, sum(canvas.masks_left()) + later, alg)

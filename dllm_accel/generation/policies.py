@@ -66,6 +66,14 @@ def noise_rows(canvas: Canvas, rows: slice) -> tuple[int, int]:
     return (computed.stop or canvas.length) - start, (rows.start or 0) - start
 
 
+def noise_positions(canvas: Canvas, start: int) -> torch.Tensor | None:
+    """[B, N] scattered positions the pass computed, relative to position ``start``, the scored
+    window's first (``llada_propose``'s ``scattered``); None for a pass over a contiguous range."""
+    if canvas.pass_positions is None:
+        return None
+    return canvas.pass_positions - start
+
+
 def top_k_commit(
     confidence: torch.Tensor,
     x0: torch.Tensor,
@@ -174,7 +182,7 @@ class ConfidencePolicy(DecodingPolicy):
         s = canvas.settings
         masked = canvas.block_masked()
         if s.sampler == "llada":
-            x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows))
+            x0, conf = llada_propose(logits, window, s, canvas.spec, noise_rows(canvas, rows), noise_positions(canvas, canvas.block_start))
         else:
             x0, conf = dream_candidates(logits[:, window], masked, canvas, block_masks(canvas))
         conf = conf.masked_fill(~masked, -torch.inf)

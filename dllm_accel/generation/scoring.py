@@ -47,31 +47,61 @@ def _noise(logits: torch.Tensor, dtype: torch.dtype, rows: tuple[int, int] | Non
     return torch.rand((batch, total, vocab), dtype=dtype, device=logits.device)[:, first : first + width]
 
 
+def gumbel_max_over(logits: torch.Tensor, positions: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LLaDA's float64 Gumbel-max scores of logits [B, W, V] with the noise the official code draws
+    for a pass that computed scattered rows: one [B, N, V] draw whose row j belongs to
+    ``positions[:, j]`` [B, N] (indices into the W rows; others are rows outside them). Rows the pass
+    did not compute are never committed and get a placeholder draw. Temperature 0: ``logits``."""
+    if temperature == 0:
+        return logits
+    noise = torch.rand((*positions.shape, logits.shape[-1]), dtype=torch.float64, device=logits.device)
+    rows = spread_rows(noise, positions, logits.shape[1], 0.5)
+    return logits.to(torch.float64).exp() / (-torch.log(rows)) ** temperature
+
+
+def spread_rows(values: torch.Tensor, positions: torch.Tensor, width: int, fill: float) -> torch.Tensor:
+    """[B, width, ...] holding ``values[:, j]`` at row ``positions[:, j]`` (dropped outside [0, width)), ``fill`` elsewhere."""
+    batch, count = positions.shape
+    slot = torch.where((positions >= 0) & (positions < width), positions, width)
+    out = torch.full((batch, width + 1, *values.shape[2:]), fill, dtype=values.dtype, device=values.device)
+    out.scatter_(1, slot.view(batch, count, *([1] * (values.dim() - 2))).expand_as(values), values)
+    return out[:, :width]
+
+
 def llada_propose(
     logits: torch.Tensor,
     window: slice,
     settings: ResolvedSettings,
     spec: ModelSpec,
     pass_rows: tuple[int, int] | None = None,
+    scattered: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLaDA ``generate.py`` over the rows a strategy returned; returns the window's part.
 
     ``logits`` [B, R, V] may be modified in place (the EOS options write -inf into it).
-    Noise is drawn over every row the pass computed, as the official code draws it over the
-    whole sequence: ``pass_rows = (rows computed, index of the logits' first row among
-    them)``, default the logits' own rows. Only the window is scored (float64 included).
+    Noise is drawn over every row the pass computed, as the official code draws it over its
+    model input: ``pass_rows = (rows computed, index of the logits' first row among them)``,
+    default the logits' own rows, or, for a pass that computed scattered rows, ``scattered``
+    [B, N]: their indices relative to the window's first row, in the order fed (the draws,
+    random remasking's included, then have N rows). Only the window is scored (float64 included).
     """
     total, first = pass_rows or (logits.shape[1], 0)
     if settings.logits_eos_inf:
         logits[..., spec.tokens.eos] = -torch.inf
     win = logits[:, window]
-    noisy = gumbel_max_logits(win, settings.temperature, settings.gumbel_variant, (total, first + window.start))
+    if scattered is not None and settings.gumbel_variant == "llada":
+        noisy = gumbel_max_over(win, scattered, settings.temperature)
+    else:
+        noisy = gumbel_max_logits(win, settings.temperature, settings.gumbel_variant, (total, first + window.start))
     x0 = noisy.argmax(dim=-1)
     if settings.confidence_eos_eot_inf:
         # The official chained assignment: at temperature 0 ``noisy is logits``, so both
         # EOS and EoT end with probability 0; above it only EoT does.
         noisy[..., spec.tokens.eos] = -torch.inf
         win[..., spec.tokens.eot] = -torch.inf
+    if settings.remasking == "random" and scattered is not None:
+        confidence = torch.rand(scattered.shape, device=logits.device)
+        return x0, spread_rows(confidence, scattered, win.shape[1], 0.0)
     if settings.remasking == "random":
         confidence = torch.rand((logits.shape[0], total), device=logits.device)
         return x0, confidence[:, first + window.start : first + window.stop]

@@ -23,7 +23,10 @@ Which positions are cacheable after a pass over ``x``:
   recomputes every other row. Dream only (the official code has it for Dream only).
 
 The official code feeds the uncached rows in an order with the cached keys behind them; the
-rows and keys are the same, so only float summation order differs. Kept beyond it: padded
+rows and keys are the same, so only float summation order differs. Its LLaDA sampler draws the
+Gumbel noise and random-remasking scores over the rows a pass fed (all of a full pass, the uncached
+ones in position order otherwise): passes record them (``Canvas.pass_rows`` / ``pass_positions``)
+so that seeded sampled runs follow the official random stream. Kept beyond it: padded
 batches (every row recomputes the batch's largest uncached count; a row with fewer also
 feeds some of its cached rows, whose K/V are kept and whose outputs are never read), and the
 mask-aware padding semantics when ``legacy_ignore_attention_mask`` is off (the official LLaDA
@@ -133,6 +136,7 @@ class DKVCache(ForwardStrategy):
         if full:
             hidden = self.cache.run(model, canvas.x, 0, self.rope, canvas.key_mask)
             self.hidden.copy_(hidden)
+            canvas.pass_rows = slice(0, canvas.length)  # the official samplers draw noise over every row
             width = canvas.length
             keeps = not first or self._first_pass_caches(canvas)
         else:
@@ -188,6 +192,7 @@ class DKVCache(ForwardStrategy):
     def _run_uncached(self, model: DiffusionTransformer, canvas: Canvas, width: int) -> None:
         """Recompute the uncached rows of every row (padded to ``width`` with cached ones)."""
         hidden, order = recompute_rows(model, self.cache, canvas, self.rope, self.valid, width)
+        canvas.pass_positions = order  # LLaDA's noise rows: the official sampler draws over the rows it fed
         self.hidden.scatter_(1, order[:, :, None].expand(-1, -1, hidden.shape[-1]), hidden)
 
     def _block_logits(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:

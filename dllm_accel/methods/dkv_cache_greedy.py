@@ -15,9 +15,9 @@ LLaDA only, as the official code (Dream's row p scores position p + 1). Kept bey
 batches (a row with fewer rows to compute than the batch's widest also runs some others, whose
 K/V are kept and outputs never read; the official code needs equal counts) and mask-aware
 padding when ``legacy_ignore_attention_mask`` is off (the official sampler passes no attention
-mask). The head runs over the computed rows only, as there. ``computed`` tells the rule which
-positions a greedy pass computed, so that sampled runs draw their Gumbel noise over exactly those
-rows, as the official code does (seeded sampled runs match it).
+mask). The head runs over the computed rows only, as there. ``Canvas.pass_positions`` tells the
+rule which positions a greedy pass computed, so that sampled runs draw their Gumbel noise over
+exactly those rows, as the official code does (seeded sampled runs match it).
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class DKVCacheGreedy(ForwardStrategy):
     def forward(self, model: DiffusionTransformer, canvas: Canvas) -> tuple[torch.Tensor, slice]:
         start, stop = canvas.block_start, canvas.block_end
         full = canvas.block_step % self.config.refresh_interval == 0
-        self.computed: torch.Tensor | None = None  # [B, width] positions of a greedy pass (the rule's noise rows)
         if full:
             hidden = self.cache.run(model, canvas.x, 0, self.rope, canvas.key_mask)
             logits = model.logits(hidden[:, start:stop])
@@ -111,7 +110,7 @@ class DKVCacheGreedy(ForwardStrategy):
             # the widest row's count, read with the last step's block-end check
             width = canvas.host_value(WIDTH)
             hidden, order = recompute_rows(model, self.cache, canvas, self.rope, ~self.fed, width)
-            self.computed = order
+            canvas.pass_positions = order
             spare = self.logits.shape[1] - 1
             slot = torch.where((order >= start) & (order < stop), order - start, spare)
             self.logits.scatter_(1, slot[:, :, None].expand(-1, -1, self.logits.shape[-1]), model.logits(hidden))

@@ -8,8 +8,8 @@ Each step's positions are known before its pass, which dKV-Cache-Greedy uses to 
 and their neighbours (``methods/dkv_cache_greedy.py``). In law this is LLaDA's ``remasking='random'``,
 which redraws every step (a fresh uniform ranking of the masks left is the same random order); the
 official random stream differs. Above temperature 0 the Gumbel noise is drawn as the official code
-draws it: over every row the pass computed, a contiguous range or, when the strategy says so
-(``computed``), scattered positions. LLaDA only, as the official code. No host read.
+draws it: over every row the pass computed, a contiguous range or, when the strategy names them
+(``Canvas.pass_positions``), scattered positions. LLaDA only, as the official code. No host read.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 
 from ..canvas import Canvas, Commit
-from ..policies import _window, noise_rows
-from ..scoring import gumbel_max_logits
+from ..policies import _window, noise_positions, noise_rows
+from ..scoring import gumbel_max_logits, gumbel_max_over
 from . import DecodingRule, register_rule
 
 
@@ -38,10 +38,6 @@ class RandomOrderPolicy(DecodingRule):
     Config = RandomOrderConfig
     samplers: ClassVar[tuple[str, ...]] = ("llada",)
     draws_per_batch: ClassVar[bool] = True
-
-    def __init__(self, config: RandomOrderConfig, canvas: Canvas, strategy: object) -> None:
-        super().__init__(config, canvas, strategy)
-        self.strategy = strategy
 
     def begin_block(self, canvas: Canvas) -> None:
         s = canvas.settings
@@ -71,10 +67,9 @@ class RandomOrderPolicy(DecodingRule):
         window = _window(rows, canvas)
         if s.logits_eos_inf:
             logits[..., canvas.spec.tokens.eos] = -torch.inf
-        # [B, W] positions of a pass that computed scattered rows (dKV-Cache-Greedy); None: a contiguous pass
-        computed = getattr(self.strategy, "computed", None)
-        if s.temperature > 0 and computed is not None:
-            noisy = _gumbel_over(logits[:, window], computed, canvas.block_start, s.temperature)
+        scattered = noise_positions(canvas, canvas.block_start)
+        if scattered is not None:
+            noisy = gumbel_max_over(logits[:, window], scattered, s.temperature)
         else:
             total, first = noise_rows(canvas, rows)
             noisy = gumbel_max_logits(logits[:, window], s.temperature, s.gumbel_variant, (total, first + window.start))
@@ -83,15 +78,3 @@ class RandomOrderPolicy(DecodingRule):
         index = torch.zeros_like(canvas.x, dtype=torch.bool).scatter_(1, self.positions(canvas.block_step), True)
         return Commit(index=index & canvas.masked(), tokens=tokens)
 
-
-def _gumbel_over(logits: torch.Tensor, computed: torch.Tensor, start: int, temperature: float) -> torch.Tensor:
-    """LLaDA's float64 Gumbel-max scores of a block's logits [B, G, V], with the noise the official
-    code draws for a pass that computed the positions ``computed`` [B, W], in that order: one
-    [B, W, V] draw whose row j belongs to position ``computed[:, j]``. Block rows the pass did not
-    compute are never committed and get a placeholder draw."""
-    batch, block, vocab = logits.shape
-    noise = torch.rand((batch, computed.shape[1], vocab), dtype=torch.float64, device=logits.device)
-    slot = torch.where((computed >= start) & (computed < start + block), computed - start, block)
-    spread = torch.full((batch, block + 1, vocab), 0.5, dtype=torch.float64, device=logits.device)
-    spread.scatter_(1, slot[:, :, None].expand(-1, -1, vocab), noise)
-    return logits.to(torch.float64).exp() / (-torch.log(spread[:, :block])) ** temperature
