@@ -53,13 +53,19 @@ def run_once(model, family: str, entry: dict) -> tuple[list[int], int, float]:
     return out.sequences[0, prompt.shape[1] :].tolist(), out.nfe, seconds
 
 
-def not_applicable(entry: dict, family: str) -> str | None:
-    """Why a preset does not run on a family (its decoding rule is defined for other samplers), or None."""
+def not_applicable(entry: dict, family: str, spec=None) -> str | None:
+    """Why a preset does not run on a family (its decoding rule is defined for other samplers, or its
+    method refuses models of ``spec``, e.g. dKV-Cache's Dream-only pd variant), or None."""
     from .generation.rules import rule_class
+    from .methods import build_method
 
     policy = (entry.get("sampler") or {}).get("policy")
     if policy and family not in rule_class(policy).samplers:
         return f"not run: decoding rule {policy!r} is defined for sampler {' / '.join(rule_class(policy).samplers)}"
+    if spec is not None:
+        refusal = build_method(entry["name"], **(entry.get("options") or {})).model_refusal(spec)
+        if refusal is not None:
+            return f"not run: {refusal}"
     return None
 
 
@@ -108,7 +114,7 @@ def main() -> int:
     for family in ("llada", "dream"):
         model = load_model(tiny_checkpoint(family), dtype=torch.float32)
         generate(model, torch.tensor([PROMPTS[family]]), gen_length=8, steps=8)  # warm-up, not timed
-        skipped = {e["preset"]: reason for e in entries if (reason := not_applicable(e, family))}
+        skipped = {e["preset"]: reason for e in entries if (reason := not_applicable(e, family, model.spec))}
         runnable = [e for e in entries if e["preset"] not in skipped]
         for preset, result in interleaved_presets(model, family, runnable).items():
             failures += isinstance(result, str)

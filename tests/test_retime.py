@@ -8,6 +8,7 @@ CPU memory figure is the method's own tensors, not the process's.
 from __future__ import annotations
 
 import torch
+from conftest import tiny_model
 
 from dllm_accel.demo import method_configs, not_applicable
 from dllm_accel.measure import LiveTensorPeak, interleaved, spread
@@ -115,3 +116,12 @@ def test_the_demo_skips_a_preset_whose_rule_the_family_lacks():
     assert "sampler llada" in not_applicable(presets["wino"], "dream")
     assert not_applicable(presets["wino"], "llada") is None
     assert not_applicable(presets["vanilla"], "dream") is None
+
+
+def test_the_demo_skips_a_preset_whose_method_refuses_the_family():
+    """dKV-Cache's pd variant is Dream-only: on LLaDA the demo says so instead of counting a failure."""
+    llada, dream = tiny_model("llada").spec, tiny_model("dream").spec
+    presets = {e["preset"]: e for e in method_configs()}
+    assert "not run" in not_applicable(presets["dkv_cache_pd"], "llada", llada)
+    assert not_applicable(presets["dkv_cache_pd"], "dream", dream) is None
+    assert not_applicable(presets["vanilla"], "llada", llada) is None
