@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,3 +53,28 @@ def test_every_benchmarked_family_has_a_tiny_twin_for_the_smoke_run():
         if "full" in entry:
             assert (REPO_ROOT / entry["base"] / "config.json").is_file(), name
             assert (REPO_ROOT / entry["full"] / "config.json").is_file(), name
+
+
+def test_bench_official_process_clock_leaves_out_time_off_the_core():
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    import bench_official
+    import torch
+
+    def waits(prompt):
+        time.sleep(0.3)  # off the core: another job holding it looks the same to this process
+        return prompt
+
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    wall, _ = bench_official.timed(waits, prompt, "wall")
+    cpu, out = bench_official.timed(waits, prompt, "process")
+    assert wall >= 0.3 and cpu < 0.1 and out is prompt
+
+
+def test_bench_official_refuses_a_process_clock_off_the_cpu(capsys):
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    import bench_official
+
+    with pytest.raises(SystemExit) as stop:
+        bench_official.main(["--clock", "process", "--device", "cuda"])
+    assert stop.value.code == 2
+    assert "--clock process times CPU runs only (got --device cuda)" in capsys.readouterr().err
