@@ -41,19 +41,24 @@ demo: $(STAMP)
 		hydra.sweep.dir=$(DEMO_SWEEP) $(DEMO_ARGS)
 	$(PY) -m dllm_accel.retime $(DEMO_SWEEP)
 
+# Tests run on up to 4 cores (pytest-xdist; TEST_WORKERS=0 runs them in this process): each test owns
+# its temporary folders and names its own subprocesses, so workers never share state.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not compiled_matrix"
+	$(PYTEST) -m "not compiled_matrix"
 
 # Every fixture case and method preset again with compile=true (118 tests, 39 min on a shared 2-core CPU: inductor compiles each graph).
 test-compiled: $(STAMP)
-	$(PY) -m pytest -m compiled_matrix
+	$(PYTEST) -m compiled_matrix
 
 # The fast tier: everything not marked slow, at least one test of every module (97 CPU-s measured, 1696 tests;
 # the target is under 2 CPU-minutes: mark a test that costs seconds `@pytest.mark.slow`).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not slow and not compiled_matrix"
+	$(PYTEST) -m "not slow and not compiled_matrix"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from dllm_accel.paths import fixtures_dir, tiny_checkpoint
 # The tiny models gain nothing from threads, and oversubscribed cores slow them 20-30x;
 # the fixtures are bit-identical with 1 and 2 threads.
 torch.set_num_threads(1)
+# and the runs they start in subprocesses (the CLI, reproduce, torchrun) too: `make test` runs tests on every
+# core at once (pytest-xdist), so a subprocess with a thread per core would oversubscribe them
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

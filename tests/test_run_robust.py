@@ -19,7 +19,6 @@ from test_eval_sandbox import SECRET, Host, _sandbox_pids
 
 from dllm_accel.errors import reported
 from dllm_accel.eval.schema import CONF_DIR
-from dllm_accel.overrides import check_argv
 from dllm_accel.paths import shared_dir
 from dllm_accel.results import SAMPLES, SUMMARY, read_samples
 from dllm_accel.run import evaluate
@@ -28,11 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = shared_dir() / "fixtures" / "llada-tiny"
 
 
-def _cli(tmp: Path, *overrides: str, env: dict | None = None, background: bool = False):
-    command = [
-        sys.executable,
-        "-m",
-        "dllm_accel.run",
+def _cli_arguments(tmp: Path, *overrides: str) -> list[str]:
+    """The runner's arguments for the tiny demo experiment with ``overrides``, writing under ``tmp``."""
+    return [
         *(flag for flag in overrides if flag.startswith("-")),  # Hydra's flags go before the overrides
         "experiment=demo_tiny",
         f"results_root={tmp / 'results'}",
@@ -41,10 +38,18 @@ def _cli(tmp: Path, *overrides: str, env: dict | None = None, background: bool =
         "print_summary=false",
         *(override for override in overrides if not override.startswith("-")),
     ]
-    full_env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"} | (env or {})
+
+
+def _cli_env(env: dict | None = None) -> dict:
+    return os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"} | (env or {})
+
+
+def _cli(tmp: Path, *overrides: str, env: dict | None = None, background: bool = False):
+    command = [sys.executable, "-m", "dllm_accel.run", *_cli_arguments(tmp, *overrides)]
     if background:
-        return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(command, cwd=ROOT, env=_cli_env(env), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=ROOT, env=_cli_env(env), capture_output=True, text=True, timeout=600)
 
 
 # ------------------------------------------------------------------ bad input: one line each
@@ -179,30 +184,54 @@ def test_a_small_multirun_is_composed_job_by_job_a_large_one_value_by_value():
     assert len(large) == 1 + 9 + 3 and ["seed=9", "batch_size=1"] in large and ["seed=9", "batch_size=4"] not in large
 
 
-# through a subprocess each costs an interpreter start with torch: these in the fast tier, all of them in the slow
-HYDRA_BAD_FAST = {"batch_size=abc"}  # one CLI round trip in the fast tier (seconds each), the rest slow
+# A fresh interpreter per case would cost an import of torch each (seconds): the first of each kind runs as
+# its own `python -m dllm_accel.run` (import-time noise would show there), and every case runs as
+# `python -m dllm_accel.run` would inside one interpreter (runpy re-executes the module as __main__).
+HYDRA_BAD_SUBPROCESS = {"batch_size=abc", "method=fast_dlm", "-m method=vanilla,nope"}
+
+_EVERY_CASE_AS_MAIN = """
+import contextlib, io, json, runpy, sys
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["dllm_accel.run", *argv]
+    err, code = io.StringIO(), None
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module("dllm_accel.run", run_name="__main__", alter_sys=True)
+        except SystemExit as stop:
+            code = stop.code
+    results.append({"code": code, "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arguments", sorted(HYDRA_BAD))
-def test_every_bad_override_is_one_line_naming_it(arguments, capsys):
-    with pytest.raises(SystemExit) as exit_info, reported(False):
-        words = arguments.split()
-        check_argv([*(w for w in words if w.startswith("-")), "experiment=demo_tiny", *(w for w in words if w[0] != "-")])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+def _assert_one_line(arguments: str, returncode: int | None, stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 2 and "Traceback" not in stderr, (arguments, stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("DLLM_ACCEL_DEBUG=1 or debug=true)")
     assert all(part in lines[0] for part in HYDRA_BAD[arguments]), lines[0]
 
 
 @pytest.mark.parametrize(
-    "arguments", [a if a in HYDRA_BAD_FAST else pytest.param(a, marks=pytest.mark.slow) for a in sorted(HYDRA_BAD)]
+    "arguments",
+    [a if a == "batch_size=abc" else pytest.param(a, marks=pytest.mark.slow) for a in sorted(HYDRA_BAD_SUBPROCESS)],
 )
 def test_a_bad_override_is_one_line_through_the_cli(arguments, tmp_path):
     done = _cli(tmp_path, *arguments.split())
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("DLLM_ACCEL_DEBUG=1 or debug=true)")
-    assert all(part in lines[0] for part in HYDRA_BAD[arguments]), lines[0]
+    _assert_one_line(arguments, done.returncode, done.stderr)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "hydra").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_every_bad_override_is_one_line_through_the_module_entry_point(tmp_path):
+    cases = sorted(HYDRA_BAD)
+    argv = [_cli_arguments(tmp_path, *arguments.split()) for arguments in cases]
+    done = subprocess.run([sys.executable, "-c", _EVERY_CASE_AS_MAIN, json.dumps(argv)], cwd=ROOT, env=_cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    for arguments, result in zip(cases, results, strict=True):
+        _assert_one_line(arguments, result["code"], result["stderr"])
     assert not (tmp_path / "results").exists() and not (tmp_path / "hydra").exists()  # nothing ran
 
 
@@ -237,40 +266,41 @@ def _summary_view(run: Path) -> dict:
     return {k: summary[k] for k in ("complete", "n_samples", "accuracy", "metrics", "failures")}
 
 
-CONFIGS = [(1, 0.0), (4, 1.0), (4, 0.0), (1, 1.0)]
+# (batch size, temperature, kills): ten kills in all, one test per configuration so that workers share them
+CONFIGS = [(1, 0.0, 3), (4, 1.0, 3), (4, 0.0, 2), (1, 1.0, 2)]
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
-    rng = random.Random(16)
+@pytest.mark.parametrize(("batch", "temperature", "attempts"), CONFIGS)
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, batch, temperature, attempts):
+    rng = random.Random(f"16-{batch}-{temperature}")
     limit = 8
     kills = 0
-    for index, (batch, temperature) in enumerate(CONFIGS):
-        settings = ["task=gsm8k", f"task.limit={limit}", f"batch_size={batch}", f"sampler.temperature={temperature}"]
-        reference = _cli(tmp_path / f"ref{index}", *settings)
-        assert reference.returncode == 0, reference.stderr[-2000:]
-        (ref_summary,) = (tmp_path / f"ref{index}" / "results").rglob(SUMMARY)
-        expected = _comparable(read_samples(ref_summary.parent))
-        for attempt in range(3 if index < 2 else 2):
-            work = tmp_path / f"kill{index}_{attempt}"
-            process = _cli(work, *settings, background=True)
-            target = rng.randrange(0, limit)  # stored lines to wait for, then a random extra delay
-            deadline = time.time() + 300
-            while time.time() < deadline and process.poll() is None:
-                found = list((work / "results").rglob(SAMPLES))
-                if found and len(found[0].read_bytes().splitlines()) >= target:
-                    break
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.3))
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += process.returncode == -signal.SIGKILL
-            resumed = _cli(work, *settings)
-            assert resumed.returncode == 0, resumed.stderr[-2000:]
-            (summary,) = (work / "results").rglob(SUMMARY)
-            assert _comparable(read_samples(summary.parent)) == expected, (batch, temperature, target)
-            assert _summary_view(summary.parent) == _summary_view(ref_summary.parent)
-    assert kills >= 8  # most kills landed before the run could finish on its own
+    settings = ["task=gsm8k", f"task.limit={limit}", f"batch_size={batch}", f"sampler.temperature={temperature}"]
+    reference = _cli(tmp_path / "ref", *settings)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    (ref_summary,) = (tmp_path / "ref" / "results").rglob(SUMMARY)
+    expected = _comparable(read_samples(ref_summary.parent))
+    for attempt in range(attempts):
+        work = tmp_path / f"kill{attempt}"
+        process = _cli(work, *settings, background=True)
+        target = rng.randrange(0, limit)  # stored lines to wait for, then a random extra delay
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            found = list((work / "results").rglob(SAMPLES))
+            if found and len(found[0].read_bytes().splitlines()) >= target:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += process.returncode == -signal.SIGKILL
+        resumed = _cli(work, *settings)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        (summary,) = (work / "results").rglob(SUMMARY)
+        assert _comparable(read_samples(summary.parent)) == expected, (batch, temperature, target)
+        assert _summary_view(summary.parent) == _summary_view(ref_summary.parent)
+    assert kills >= attempts - 1  # most kills landed before the run could finish on its own
 
 
 @pytest.mark.slow
