@@ -42,9 +42,10 @@ demo: $(STAMP)
 	$(PY) -m dllm_accel.retime $(DEMO_SWEEP)
 
 # Tests run on up to 4 cores (pytest-xdist; TEST_WORKERS=0 runs them in this process): each test owns
-# its temporary folders and names its own subprocesses, so workers never share state.
+# its temporary folders and names its own subprocesses, so workers never share state. Workers take two
+# tests at a time and the heavy ones come first (conftest), so no worker is left with a long tail.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,6 +21,11 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The heavy tests first (a stable sort): a worker that picks one up late would finish minutes after the others."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not fixtures_dir().is_dir():
         pytest.exit(

@@ -105,6 +105,7 @@ def _verdicts(run, docs, completions):
     return [v[0]["status"] for v in run([[c] for c in completions], docs)]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_all_pass_and_a_wrong_one_fails():
     docs = read_jsonl(DATA / "humaneval" / "HumanEval.jsonl.gz")

@@ -113,6 +113,7 @@ def _samples(results: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_torchrun_two_ranks_give_the_same_answers_as_one_process(tmp_path):
     one = _tiny_run(tmp_path / "one" / "runs", [], [sys.executable])

@@ -18,6 +18,7 @@ from experiments import reproduce
 SCRIPT = REPO_ROOT / "experiments" / "reproduce.py"
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_smoke_scope_runs_every_table_and_writes_every_table_and_figure(tmp_path):
     results = tmp_path / "smoke" / "runs"

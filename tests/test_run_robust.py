@@ -270,6 +270,7 @@ def _summary_view(run: Path) -> dict:
 CONFIGS = [(1, 0.0, 3), (4, 1.0, 3), (4, 0.0, 2), (1, 1.0, 2)]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize(("batch", "temperature", "attempts"), CONFIGS)
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, batch, temperature, attempts):
@@ -303,6 +304,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
     assert kills >= attempts - 1  # most kills landed before the run could finish on its own
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_group_stored_in_part_is_generated_whole_and_completes_identically(tmp_path):
     """A kill between the lines of one group's write (or a quarantined line) leaves a group in part."""
@@ -323,6 +325,7 @@ def test_a_group_stored_in_part_is_generated_whole_and_completes_identically(tmp
 
 
 # ------------------------------------------------------------------ hostile completions through the CLI
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_hostile_stored_completions_score_zero_through_the_cli_and_touch_nothing(tmp_path):
     host = Host(tmp_path)

@@ -349,6 +349,7 @@ def test_checkpoint_writer_rejects_a_dream_spec(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- scripts
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_train_and_eval_scripts_end_to_end(tmp_path):
     """train_tiny.py writes a loadable checkpoint with its card; eval_tiny.py measures every preset on it."""
