@@ -1,0 +1,123 @@
+"""Where DyLLM's time goes on the tiny trained model (CPU), and why its FLOP savings do not show there.
+
+    .venv/bin/python experiments/dyllm_overhead.py --out results/bench/dyllm_cpu_tiny/overhead.md
+
+One held-out sample per task at ``experiments/eval_tiny.py``'s settings (``bench_dyllm.py``'s cases), three
+runs alternated ``--rounds`` times on one torch thread, process CPU time: vanilla at its reference settings,
+vanilla under DyLLM's sampler (the engine sampler, EOS early exit) and DyLLM. The first two differ only in
+the sampler, the last two only in the method. One profiled run of each splits the time into matrix products,
+the CPU body of DyLLM's context operator, and the loop's own Python (``denoise.step``'s self time). Beside it,
+a dense pass over R rows for several R: the per-pass cost that does not shrink with the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dyllm import tiny_cases  # noqa: E402
+
+from dllm_accel import build_method, generate  # noqa: E402
+from dllm_accel.methods.dyllm import DyLLMConfig  # noqa: E402
+
+RUNS = ("vanilla", "vanilla, DyLLM's sampler", "dyllm")
+
+
+def runner(model, prompt: torch.Tensor, vanilla: dict, dyllm: dict):
+    options = {k: v for k, v in dyllm.items() if k in DyLLMConfig.__dataclass_fields__}
+    sampler = {k: v for k, v in dyllm.items() if k not in options}
+    settings = {RUNS[0]: ("vanilla", vanilla), RUNS[1]: ("vanilla", sampler), RUNS[2]: (None, sampler)}
+
+    def run(name: str):
+        method, kwargs = settings[name]
+        return generate(model, prompt, method=method or build_method("dyllm", **options), **kwargs)
+
+    return run
+
+
+def split(run, name: str) -> dict[str, float]:
+    """Milliseconds of one profiled run: matrix products, DyLLM's context operator (its own code), loop Python."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(name)
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+    total = sum(self_ms.values())
+    return {
+        "total": total,
+        "mm": sum(v for k, v in self_ms.items() if k in ("aten::mm", "aten::bmm", "aten::addmm")),
+        "context_op": self_ms.get("dllm_accel::dyllm_context", 0.0),
+        "loop_python": self_ms.get("denoise.step", 0.0),
+    }
+
+
+def dense_pass_ms(model, rows: int, reps: int = 100) -> float:
+    ids, positions = torch.randint(0, 250, (1, rows)), torch.arange(rows)
+    with torch.no_grad():
+        for _ in range(5):
+            model.logits(model.trunk(ids, positions))
+        started = time.process_time()
+        for _ in range(reps):
+            model.logits(model.trunk(ids, positions))
+    return (time.process_time() - started) / reps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, cases = tiny_cases(1)
+    lines = [
+        "# DyLLM on the tiny trained model: where the time goes (CPU, one thread, process time)",
+        "",
+        f"`experiments/dyllm_overhead.py --rounds {args.rounds}`: one held-out sample per task, the three runs "
+        "alternated, median ms per generation; speed-ups are vanilla's time over the run's.",
+        "",
+        "| case | positions | NFE | vanilla ms | vanilla + DyLLM's sampler ms | DyLLM ms | DyLLM speed-up "
+        "| of which the sampler | of which the method |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    profiles = {}
+    for label, prompt, vanilla, dyllm in cases:
+        run = runner(model, prompt, vanilla, dyllm)
+        times = {name: [] for name in RUNS}
+        for r in range(args.rounds):
+            for name in RUNS[r % 3 :] + RUNS[: r % 3]:
+                started = time.process_time()
+                out = run(name)
+                times[name].append((time.process_time() - started) * 1e3)
+        ms = {name: statistics.median(v) for name, v in times.items()}
+        v, s, d = ms[RUNS[0]], ms[RUNS[1]], ms[RUNS[2]]
+        lines.append(
+            f"| {label} | {prompt.shape[1] + vanilla['gen_length']} | {out.nfe} | {v:.1f} | {s:.1f} | {d:.1f} "
+            f"| {v / d:.2f}x | {v / s:.2f}x | {s / d:.2f}x |"
+        )
+        print(lines[-1], flush=True)
+        if label.startswith("tiny copy"):
+            profiles = {name: split(run, name) for name in RUNS}
+    lines += ["", "One profiled run of the copy case (ms, self CPU time):", "",
+              "| run | total | matrix products | DyLLM context operator | loop Python (`denoise.step` self) |",
+              "|---|---|---|---|---|"]
+    for name, p in profiles.items():
+        lines.append(f"| {name} | {p['total']:.1f} | {p['mm']:.1f} | {p['context_op']:.1f} | {p['loop_python']:.1f} |")
+    lines += ["", "A dense pass (trunk, final norm, head) over R rows:", "", "| R | ms | x the 1-row pass |", "|---|---|---|"]
+    one = dense_pass_ms(model, 1)
+    for rows in (1, 8, 32, 80, 1027):
+        ms = one if rows == 1 else dense_pass_ms(model, rows, 100 if rows < 500 else 10)
+        lines.append(f"| {rows} | {ms:.3f} | {ms / one:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
