@@ -26,7 +26,14 @@ from dllm_accel.generation import SamplerSettings, SettingsError
 from dllm_accel.generation.dyllm_sampler import _top_p, dyllm_sample
 from dllm_accel.methods.base import ForwardStrategy
 from dllm_accel.methods.dyllm import DyLLM, _shift, step_kind
-from dllm_accel.methods.dyllm_kernel import KERNELS, KernelQuirks, compute_dtype, context_delta
+from dllm_accel.methods.dyllm_kernel import (
+    KERNELS,
+    KernelQuirks,
+    compute_dtype,
+    context_delta,
+    update_context,
+    update_context_torch,
+)
 from dllm_accel.profiling import OpCounter
 
 FAMILIES = ("llada", "dream")
@@ -586,6 +593,22 @@ def test_triton_kernel_matches_the_pytorch_path_interpreted():
     run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
 
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_context_operator_declaration_holds(padded):
+    """The layer's one operator: its schema (``cached`` mutated, nothing else), its fake kernel
+    (what torch.compile traces) and the CPU kernel agree, checked by ``torch.library.opcheck``;
+    and it returns what the PyTorch path returns."""
+    q, keys, delta_v, salient, exact, cached, real, starts, first = _context_case(2, torch.float32, padded)
+    args = (q, keys, delta_v, salient, exact, cached.clone(), real, starts, first, 0.999, False, False)
+    torch.library.opcheck(update_context, args, test_utils=("test_schema", "test_faketensor"))
+    ours, theirs = cached.clone(), cached.clone()
+    with torch.no_grad():
+        mask = update_context(*args[:5], ours, *args[6:])
+        expected = update_context_torch(*args[:5], theirs, *args[6:])
+    assert torch.equal(mask, expected) and mask.any() and not mask.all()
+    assert torch.equal(ours, theirs) and not torch.equal(ours, cached)
 
 def test_categorical_draw_without_a_host_read_is_the_distributions():
     """The engine sampler draws as ``Categorical(probs).sample()`` (scoring.categorical_or_argmax)."""

@@ -209,35 +209,22 @@ def update_context_torch(
     return salient if real is None else salient & real
 
 
-@torch.library.custom_op("dllm_accel::dyllm_context", mutates_args=("cached",))
-def update_context(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    delta_v: torch.Tensor,
-    columns: torch.Tensor,
-    exact: torch.Tensor,
-    cached: torch.Tensor,
-    real: torch.Tensor | None,
-    starts: torch.Tensor | None,
-    first: int,
-    threshold: float,
-    carry_scores: bool,
-    unmasked_padding: bool,
-    lse: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``update_context_torch`` as one operator: on CUDA the Triton kernel of ``dyllm_triton``."""
-    return update_context_torch(
-        q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse
-    )
+# One operator per layer: on CUDA the Triton kernel of ``dyllm_triton``, elsewhere
+# ``update_context_torch``, and one opaque node under torch.compile. Declared with
+# ``torch.library.Library`` rather than ``custom_op``, whose Python wrapper costs ~50 us a call
+# under no_grad on CPU (the tiny model's operator runs in ~90 us), where the dispatcher adds ~5.
+_LIBRARY = torch.library.Library("dllm_accel", "FRAGMENT")
+_LIBRARY.define(
+    "dyllm_context(Tensor q, Tensor keys, Tensor delta_v, Tensor columns, Tensor exact, Tensor(a!) cached, "
+    "Tensor? real, Tensor? starts, SymInt first, float threshold, bool carry_scores, bool unmasked_padding, "
+    "Tensor? lse=None) -> Tensor"
+)
+_LIBRARY.impl("dyllm_context", update_context_torch, "CompositeExplicitAutograd")
 
 
-@update_context.register_fake
-def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse):
-    return q.new_empty(q.shape[0], q.shape[2], dtype=torch.bool)
-
-
-@update_context.register_kernel("cuda")
-def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse):
+def _cuda_update_context(
+    q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse=None
+):
     """The Triton kernel where triton is installed and the caches are 16 or 32 bits; else PyTorch."""
     from .dyllm_triton import available, triton_update_context
 
@@ -245,6 +232,19 @@ def _(q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, 
     if available() and cached.dtype != torch.float64:
         return triton_update_context(*args)
     return update_context_torch(*args, lse)
+
+
+_LIBRARY.impl("dyllm_context", _cuda_update_context, "CUDA")
+
+
+@torch.library.register_fake("dllm_accel::dyllm_context", lib=_LIBRARY)
+def _(
+    q, keys, delta_v, columns, exact, cached, real, starts, first, threshold, carry_scores, unmasked_padding, lse=None
+):
+    return q.new_empty(q.shape[0], q.shape[2], dtype=torch.bool)
+
+
+update_context = torch.ops.dllm_accel.dyllm_context
 
 
 def attention_with_lse(
