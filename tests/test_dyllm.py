@@ -133,6 +133,21 @@ def test_top_p_one_still_cuts_a_rounding_tail():
     assert filtered[0, -1] == torch.finfo(torch.float32).min
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.0, None, 1.0), (0.7, 5, 0.9), (0.0, 3, 0.5)])
+def test_llada_engine_scores_of_a_row_ignore_the_other_rows(dtype, temperature, top_k, top_p):
+    """The DyLLM sampler scores every row of a LLaDA block and drops the decided ones, where the
+    engine scores only the masked rows: equal only if a row's token and score depend on it alone,
+    bit for bit (ties included: the logits take few distinct values)."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randint(-6, 7, (3, 8, 40), generator=g) * 0.75).to(dtype)
+    masked = torch.rand(3, 8, generator=g) < 0.5
+    score, token = dyllm_sample(logits.reshape(-1, 40), "llada", temperature, top_k, top_p)
+    alone_score, alone_token = dyllm_sample(logits[masked], "llada", temperature, top_k, top_p)
+    assert torch.equal(score.view(3, 8)[masked], alone_score)
+    assert torch.equal(token.view(3, 8)[masked], alone_token)
+
 def test_dream_packed_shift_on_paper():
     raw = torch.arange(12.0).view(2, 3, 2)  # two requests, three rows, two vocab entries
     packed, alone = _shift(raw, packed=True), _shift(raw, packed=False)

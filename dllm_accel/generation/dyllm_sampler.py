@@ -67,7 +67,7 @@ def ranked_commit(confidence: torch.Tensor, x0: torch.Tensor, counts: torch.Tens
     tie order is not reproducible anyway.
     """
     order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    index = (rank < counts[:, None]) & torch.isfinite(confidence) & canvas.masked()
+    rank = order.argsort(dim=1)  # the inverse permutation: each position's place in the ranking
+    # a score is a probability or a negative entropy: never +inf, so "> -inf" is "finite" (NaN fails both)
+    index = (rank < counts[:, None]) & (confidence > -torch.inf) & canvas.masked()
     return Commit(index=index, tokens=x0, confidence=confidence)

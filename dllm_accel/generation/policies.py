@@ -262,8 +262,17 @@ class DyLLMSamplerPolicy(ConfidencePolicy):
     def propose(self, logits: torch.Tensor, rows: slice, canvas: Canvas) -> tuple[torch.Tensor, torch.Tensor]:
         s = canvas.settings
         masked = canvas.block_masked()
-        candidates, flat = gather_candidates(logits[:, _window(rows, canvas)], masked, block_masks(canvas))
-        score, tokens = dyllm_sample(candidates, canvas.spec.family, s.temperature, s.top_k, s.top_p)
-        x0 = spread(flat, tokens, masked.shape, s.mask_id)
-        conf = spread(flat, score, masked.shape, -torch.inf)
+        window = logits[:, _window(rows, canvas)]
+        if canvas.spec.family == "llada":
+            # a LLaDA row's token and score depend on that row alone (row-wise softmax, sort and max, no
+            # draw), so every row of the block is scored and the decided ones dropped: the engine's
+            # values without gathering the masked rows first
+            score, tokens = dyllm_sample(window.reshape(-1, window.shape[-1]), "llada", s.temperature, s.top_k, s.top_p)
+            x0 = torch.where(masked, tokens.view(masked.shape), s.mask_id)
+            conf = score.view(masked.shape).masked_fill(~masked, -torch.inf)
+        else:  # Dream draws over the candidates in order, and its entropy is a sum: the masked rows alone
+            candidates, flat = gather_candidates(window, masked, block_masks(canvas))
+            score, tokens = dyllm_sample(candidates, canvas.spec.family, s.temperature, s.top_k, s.top_p)
+            x0 = spread(flat, tokens, masked.shape, s.mask_id)
+            conf = spread(flat, score, masked.shape, -torch.inf)
         return _scatter_block(canvas, x0, s.mask_id), _scatter_block(canvas, conf, -torch.inf)
