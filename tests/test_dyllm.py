@@ -103,6 +103,35 @@ def test_constant_schedule_settings_are_checked():
         SamplerSettings(gen_length=8, sampler="dream", alg="origin", transfer_schedule="constant").resolve(spec, 4)
 
 
+@pytest.mark.parametrize(
+    ("method", "steps", "expected"),
+    [
+        ("dyllm", 8, [False, False, False, True]),  # only the 4th dense step is followed by a sparse one
+        ("dyllm", 2, [False, False]),  # every step dense: no cache is ever read, none is allocated
+        ("combined_dyllm_dual", 16, [True, True]),  # each block's refresh precedes its block passes
+    ],
+)
+def test_dense_steps_write_caches_only_for_a_sparse_step_after_them(monkeypatch, method, steps, expected):
+    refills = []
+    full = DyLLM._full
+
+    def spy(self, model, ids, refill):
+        refills.append(refill)
+        return full(self, model, ids, refill)
+
+    monkeypatch.setattr(DyLLM, "_full", spy)
+    strategy = build_method(method)
+    sampler = (
+        engine_sampler(gen_length=steps * 2, steps=steps, block_length=min(8, steps * 2))
+        if method == "dyllm"
+        else {"gen_length": 16, "steps": 16, "block_length": 8}
+    )
+    generate(tiny_model("llada"), prompts(1, 8), method=strategy, **sampler)
+    assert refills == expected
+    caches = strategy.saliency.caches if method == "combined_dyllm_dual" else strategy.caches
+    assert len(caches) == (tiny_model("llada").spec.n_layers if any(expected) else 0)
+
+
 # -- sampler ------------------------------------------------------------------------------
 
 
@@ -133,7 +162,6 @@ def test_top_p_one_still_cuts_a_rounding_tail():
     assert filtered[0, -1] == torch.finfo(torch.float32).min
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.0, None, 1.0), (0.7, 5, 0.9), (0.0, 3, 0.5)])
 def test_llada_engine_scores_of_a_row_ignore_the_other_rows(dtype, temperature, top_k, top_p):
@@ -147,6 +175,7 @@ def test_llada_engine_scores_of_a_row_ignore_the_other_rows(dtype, temperature, 
     alone_score, alone_token = dyllm_sample(logits[masked], "llada", temperature, top_k, top_p)
     assert torch.equal(score.view(3, 8)[masked], alone_score)
     assert torch.equal(token.view(3, 8)[masked], alone_token)
+
 
 def test_dream_packed_shift_on_paper():
     raw = torch.arange(12.0).view(2, 3, 2)  # two requests, three rows, two vocab entries
@@ -609,7 +638,6 @@ def test_triton_kernel_matches_the_pytorch_path_interpreted():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-
 @pytest.mark.parametrize("padded", [False, True])
 def test_context_operator_declaration_holds(padded):
     """The layer's one operator: its schema (``cached`` mutated, nothing else), its fake kernel
@@ -624,6 +652,7 @@ def test_context_operator_declaration_holds(padded):
         expected = update_context_torch(*args[:5], theirs, *args[6:])
     assert torch.equal(mask, expected) and mask.any() and not mask.all()
     assert torch.equal(ours, theirs) and not torch.equal(ours, cached)
+
 
 def test_categorical_draw_without_a_host_read_is_the_distributions():
     """The engine sampler draws as ``Categorical(probs).sample()`` (scoring.categorical_or_argmax)."""

@@ -86,6 +86,10 @@ class BlockSaliency(DyLLM):
         kind = step_kind(canvas.block_step + 1, self.config.num_full_steps, period=1)
         return kind, slice(0, canvas.length) if kind == FULL else canvas.block_slice
 
+    def next_kind(self, canvas: Canvas) -> str:
+        """The block's next pass (a dense refresh that ends the block refills caches nobody reads: harmless)."""
+        return step_kind(canvas.block_step + 2, self.config.num_full_steps, period=1)
+
 
 @register
 class DyLLMDualCache(ForwardStrategy):

@@ -162,7 +162,9 @@ class DyLLM(ForwardStrategy):
         if canvas.key_mask is not None:
             bias = torch.zeros(batch, 1, 1, length, dtype=model.dtype, device=device)
             self.key_bias = bias.masked_fill_(~canvas.key_mask[:, None, None, :], -torch.inf)
-        self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
+        # allocated by the first dense step that a sparse step follows (never, if none does)
+        self.caches: list[LayerCache] = []
+        self.layers = len(model.blocks)
         self.logits = torch.empty(batch, 0, model.spec.vocab_size, dtype=model.dtype, device=device)
         self.seed = torch.zeros_like(canvas.x, dtype=torch.bool)
         self.columns = torch.arange(length, device=device)
@@ -176,7 +178,7 @@ class DyLLM(ForwardStrategy):
         # select nothing, so they add no work to the salient paths and no count to the statistics
         running = None if canvas.finished is None else ~canvas.finished
         if kind == FULL:
-            hidden = self._full(model, canvas.x)
+            hidden = self._full(model, canvas.x, refill=self.next_kind(canvas) != FULL)
         else:
             hidden = self._sparse(model, canvas, queries, running, record)
         canvas.nfe += 1
@@ -192,6 +194,10 @@ class DyLLM(ForwardStrategy):
         """
         kind = step_kind(canvas.step + 1, self.config.num_full_steps, self.config.prune_period)
         return kind, slice(canvas.prompt_length if kind == PRUNED else 0, canvas.length)
+
+    def next_kind(self, canvas: Canvas) -> str:
+        """What the step after this one runs (a dense step refills the caches only for a sparse one)."""
+        return step_kind(canvas.step + 2, self.config.num_full_steps, self.config.prune_period)
 
     def after_commit(self, canvas: Canvas, commit: Commit) -> None:
         # the engine keeps the previous positions when a request commits nothing
@@ -219,26 +225,31 @@ class DyLLM(ForwardStrategy):
     def _fractions(self) -> torch.Tensor:
         sparse = [r for r in self.trace if r.kind != FULL]
         if not sparse:
-            return torch.zeros(0, len(self.caches), dtype=torch.float64)
+            return torch.zeros(0, self.layers, dtype=torch.float64)
         counts = torch.stack([torch.stack(r.counts).sum(dim=1) for r in sparse]).double()
         queried = torch.stack([torch.as_tensor(r.queried, device=counts.device) for r in sparse])
         return counts / queried.double().clamp(min=1)[:, None]
 
     # -- passes -----------------------------------------------------------------------
-    def _full(self, model: DiffusionTransformer, ids: torch.Tensor) -> torch.Tensor:
-        """A dense pass (the blocks' primitives in ``Block.forward`` order) that refills every cache."""
-        length = ids.shape[1]
+    def _full(self, model: DiffusionTransformer, ids: torch.Tensor, refill: bool) -> torch.Tensor:
+        """A dense pass (the blocks' primitives in ``Block.forward`` order); with ``refill`` it also
+        writes every cache, which only a sparse step reads (a dense step after it would overwrite them)."""
+        batch, length = ids.shape
+        if refill and not self.caches:
+            self.caches = [LayerCache.empty(model, batch, length) for _ in model.blocks]
         x = model.embed(ids)
-        for block, cache in zip(model.blocks, self.caches, strict=True):
+        for i, block in enumerate(model.blocks):
             q, k, v = block.qkv(block.attn_norm(x))
             k = block.rope(k, self.rope)
             ctx = block.attend(block.rope(q, self.rope), k, v, self.key_mask)
-            cache.k[:, :, :length] = k
-            cache.v[:, :, :length] = v
-            cache.c.copy_(ctx)
             x = x + block.attn_out(ctx)
             ffn = block.mlp(block.mlp_norm(x))
-            cache.f[:, :length] = ffn
+            if refill:
+                cache = self.caches[i]
+                cache.k[:, :, :length] = k
+                cache.v[:, :, :length] = v
+                cache.c.copy_(ctx)
+                cache.f[:, :length] = ffn
             x = x + ffn
         return x
 
