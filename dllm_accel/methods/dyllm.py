@@ -2,7 +2,7 @@
 
 Per layer and token four caches from the previous step are kept: post-RoPE K, V, the
 attention context C (before ``o_proj``) and the FFN output. The first ``num_full_steps``
-steps are dense and refill them. A sparse step then, layer by layer:
+steps are dense; the last of them fills the caches. A sparse step then, layer by layer:
 
 1. recomputes K/V for the salient rows only (at layer 0, the positions decoded last step);
 2. gives salient query rows exact attention and every other row
@@ -84,7 +84,7 @@ class DyLLMConfig(MethodConfig):
 
 @dataclass
 class LayerCache:
-    """One layer's caches, allocated once per generation. K, V and the FFN output have one row
+    """One layer's caches, allocated at most once per generation. K, V and the FFN output have one row
     more than the sequence: a sink that padded slots of a salient-row selection write into, so
     that no write needs to know how many slots are real."""
 
