@@ -21,7 +21,7 @@ import torch
 import yaml
 from conftest import tiny_model, transfer_counts
 
-from dllm_accel import build_method, generate
+from dllm_accel import build_method, generate, load_model
 from dllm_accel.generation import SamplerSettings, SettingsError
 from dllm_accel.generation.dyllm_sampler import _top_p, dyllm_sample
 from dllm_accel.methods.base import ForwardStrategy
@@ -34,6 +34,7 @@ from dllm_accel.methods.dyllm_kernel import (
     update_context,
     update_context_torch,
 )
+from dllm_accel.paths import tiny_checkpoint
 from dllm_accel.profiling import OpCounter
 
 FAMILIES = ("llada", "dream")
@@ -605,37 +606,82 @@ def _context_case(seed: int, dtype: torch.dtype, padded: bool):
     return q, keys, delta_v, salient, exact, cached, real, starts, first
 
 
-TRITON_CHECK = """
-import torch
-from dllm_accel.methods.dyllm_kernel import update_context_torch
-from dllm_accel.methods.dyllm_triton import triton_update_context
-from test_dyllm import _context_case
-for kernel, quirks in ((\"fixed\", (False, False)), (\"legacy\", (True, True))):
-    for dtype in (torch.float32, torch.bfloat16):
-        for padded in (False, True):
-            q, keys, delta_v, salient, exact, cached, real, starts, first = _context_case(1, dtype, padded)
-            args = (q, keys, delta_v, salient, exact)
-            ours, theirs = cached.clone(), cached.clone()
-            mask_t = update_context_torch(*args, ours, real, starts, first, 0.999, *quirks)
-            mask_k = triton_update_context(*args, theirs, real, starts, first, 0.999, *quirks)
-            tol = 1e-5 if dtype == torch.float32 else 2**-5  # one bf16 ulp of values below 8
-            err = float((ours.float() - theirs.float()).abs().max())
-            assert err <= tol, (kernel, dtype, padded, err)
-            assert torch.equal(mask_t, mask_k), (kernel, dtype, padded)
-            assert mask_t.any() and not mask_t.all(), (kernel, dtype, padded)
-            print(kernel, dtype, padded, \"max abs difference\", err)
-"""
+def check_triton_against_torch(device: str) -> None:
+    """The Triton kernel against the PyTorch path on one device: fixed and legacy builds, fp32 and
+    bf16 caches, with and without left padding; contexts within one ulp of the cache dtype, the
+    salient sets equal. Imported by the interpreter run below (a subprocess: TRITON_INTERPRET must be
+    set before triton loads) and run directly on CUDA."""
+    from dllm_accel.methods.dyllm_triton import triton_update_context
+
+    for kernel, quirks in (("fixed", (False, False)), ("legacy", (True, True))):
+        for dtype in (torch.float32, torch.bfloat16):
+            for padded in (False, True):
+                case = [t.to(device) if isinstance(t, torch.Tensor) else t for t in _context_case(1, dtype, padded)]
+                q, keys, delta_v, salient, exact, cached, real, starts, first = case
+                args = (q, keys, delta_v, salient, exact)
+                ours, theirs = cached.clone(), cached.clone()
+                mask_t = update_context_torch(*args, ours, real, starts, first, 0.999, *quirks)
+                mask_k = triton_update_context(*args, theirs, real, starts, first, 0.999, *quirks)
+                tol = 1e-5 if dtype == torch.float32 else 2**-5  # one bf16 ulp of values below 8
+                err = float((ours.float() - theirs.float()).abs().max())
+                assert err <= tol, (kernel, dtype, padded, err)
+                assert torch.equal(mask_t, mask_k), (kernel, dtype, padded)
+                assert mask_t.any() and not mask_t.all(), (kernel, dtype, padded)
+                print(kernel, dtype, padded, "max abs difference", err)
 
 
 @pytest.mark.slow
 def test_triton_kernel_matches_the_pytorch_path_interpreted():
-    """The CUDA kernel, run by Triton's CPU interpreter, against the PyTorch path: fixed and
-    legacy builds, fp32 and bf16 caches, with and without left padding."""
+    """The CUDA kernel, run by Triton's CPU interpreter, against the PyTorch path."""
     pytest.importorskip("triton")
     tests = Path(__file__).resolve().parent
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
-    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    check = "from test_dyllm import check_triton_against_torch; check_triton_against_torch('cpu')"
+    run = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_kernel_matches_the_pytorch_path_on_cuda():
+    pytest.importorskip("triton")
+    check_triton_against_torch("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["dyllm", "combined_dyllm_dual"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_generation_on_cuda_runs_the_triton_kernel_once_per_sparse_layer(monkeypatch, method, dtype):
+    """On CUDA a sparse layer's context update is one Triton launch (none where no key changed), and
+    the run decodes every position in as many passes as the PyTorch path's run. Tokens are not
+    compared: both sum in other orders, and a near-tied cosine may flip (spec B.8 items 6 and 14)."""
+    pytest.importorskip("triton")
+    from dllm_accel.methods import dyllm_triton
+
+    calls = []
+    kernel = dyllm_triton.triton_update_context
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    model = load_model(tiny_checkpoint("llada"), dtype=dtype, device="cuda")
+    prompt = prompts(2, 12).cuda()
+    settings = (
+        engine_sampler(eos_early_exit=False)
+        if method == "dyllm"
+        else {"gen_length": 16, "steps": 16, "block_length": 8}
+    )
+    monkeypatch.setattr(dyllm_triton, "triton_update_context", counted)
+    strategy = build_method(method)
+    out = generate(model, prompt, method=strategy, **settings)
+    sparse_layers = sum(len(r.counts) for r in strategy.trace if r.kind != "full")
+    assert 0 < len(calls) <= sparse_layers
+    assert not (out.sequences[:, 12:] == model.spec.tokens.mask).any()
+    monkeypatch.setattr(dyllm_triton, "available", lambda: False)
+    reference = generate(model, prompt, method=build_method(method), **settings)
+    assert out.nfe == reference.nfe and not (reference.sequences[:, 12:] == model.spec.tokens.mask).any()
 
 
 @pytest.mark.parametrize("padded", [False, True])
