@@ -163,6 +163,27 @@ def test_top_p_one_still_cuts_a_rounding_tail():
     assert filtered[0, -1] == torch.finfo(torch.float32).min
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5, 0.05])
+def test_top_p_equals_the_engines_mask_of_the_unsorted_logits(dtype, top_p):
+    """The engine's formulation, literally: a drop mask over the sorted order, shifted right by
+    one, scattered to the unsorted positions, then a masked fill. Ours cuts in sorted order and
+    scatters the values back; every value must be the same, ties included."""
+    g = torch.Generator().manual_seed(11)
+    logits = (torch.randint(-8, 9, (64, 50), generator=g) * 0.5 + torch.randn(64, 50, generator=g) * 1e-3).to(dtype)
+    logits[:8] = logits[:8].round()  # rows of exact ties
+    ordered, order = torch.sort(logits, descending=True)
+    bound = torch.full((logits.shape[0], 1), top_p, dtype=torch.float32)
+    drop = torch.softmax(ordered, dim=-1).cumsum(dim=-1) > bound
+    drop[..., 1:] = drop[..., :-1].clone()
+    drop[..., 0] = False
+    expected = logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), torch.finfo(dtype).min)
+    ours = _top_p(logits, top_p)
+    assert ours.dtype == dtype and torch.equal(ours, expected)
+    if top_p < 1.0:
+        assert (ours == torch.finfo(dtype).min).any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.0, None, 1.0), (0.7, 5, 0.9), (0.0, 3, 0.5)])
 def test_llada_engine_scores_of_a_row_ignore_the_other_rows(dtype, temperature, top_k, top_p):

@@ -24,15 +24,17 @@ def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filter in the logits' dtype; the bound is an fp32 tensor, as the engine passes it."""
+    """Nucleus filter in the logits' dtype; the bound is an fp32 tensor, as the engine passes it.
+
+    A token is cut when the probability mass sorted before it already exceeds the bound (the
+    first never is); the cut is made in sorted order and scattered back, the same values as
+    the engine's mask of the unsorted logits.
+    """
     sorted_logits, order = torch.sort(logits, descending=True)
     cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
     bound = torch.full((logits.shape[0], 1), top_p, dtype=torch.float32, device=logits.device)
-    drop = cumulative > bound
-    drop[..., 1:] = drop[..., :-1].clone()
-    drop[..., 0] = False
-    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop)
-    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+    sorted_logits[..., 1:].masked_fill_(cumulative[..., :-1] > bound, torch.finfo(logits.dtype).min)
+    return logits.scatter(-1, order, sorted_logits)
 
 
 def dyllm_sample(

@@ -111,8 +111,9 @@ def eos_exits(canvas: Canvas, commit: Commit) -> torch.Tensor:
     (``commit.confidence``, ties to the left), or the leftmost when the policy does not rank.
     """
     hits = commit.index & (commit.tokens == canvas.spec.tokens.eos)
-    rank = hits.double() if commit.confidence is None else commit.confidence.double()
+    rank = hits.double() if commit.confidence is None else commit.confidence
     first = torch.where(hits, rank, -torch.inf).argmax(dim=1, keepdim=True)
-    masked = canvas.masked().long()
-    masks_before = (masked.cumsum(dim=1) - masked).gather(1, first).squeeze(1)
+    # the commit is written: where a row has a hit, ``first`` holds no mask, so the count of masks up
+    # to it is the count before it
+    masks_before = canvas.masked().cumsum(dim=1).gather(1, first).squeeze(1)
     return hits.any(dim=1) & (masks_before == 0)

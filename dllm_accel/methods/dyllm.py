@@ -314,9 +314,10 @@ class DyLLM(ForwardStrategy):
         k_s = block.rope(block.key(h_s), self.rope.select(chosen.keys))
         v_s = block.value(h_s)
         # empty slots read and write the sink row; their dV gets weight 0 in the kernel
-        delta_v = v_s - cache.v.gather(2, _along(chosen.columns, 2, v_s))
-        cache.k.scatter_(2, _along(chosen.columns, 2, k_s), k_s)
-        cache.v.scatter_(2, _along(chosen.columns, 2, v_s), v_s)
+        at = _along(chosen.columns, 2, v_s)
+        delta_v = v_s - cache.v.gather(2, at)
+        cache.k.scatter_(2, at, k_s)
+        cache.v.scatter_(2, at, v_s)
         keys, values = cache.k[:, :, :length], cache.v[:, :, :length]
         lse = None
         if self._fused_cpu(q, dtype):  # every row's exact context and log-normaliser in one fused pass
