@@ -278,13 +278,13 @@ def main() -> None:
         "threshold": THRESHOLD,
         "rounds": rounds,
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
-        "note": f"process CPU time on {torch.get_num_threads()} torch thread(s); medians of paired ratios",
+        "note": "process CPU time; medians of paired ratios",
     }
     (args.out / "bench_dyllm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"DyLLM on CPU ({meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, before = {meta['before']});"
-        f" threshold {THRESHOLD}; {rounds} rounds; {meta['note']}; load average {load_start:.1f} at the start,"
-        f" {meta['load_average']['end']:.1f} at the end.",
+        f" threshold {THRESHOLD}; {rounds} rounds; {meta['note']}; load average {meta['load_average']['start']:.1f}"
+        f" at the start, {meta['load_average']['end']:.1f} at the end.",
         "",
         *summarise(rows),
     ]

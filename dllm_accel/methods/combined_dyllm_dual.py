@@ -83,12 +83,12 @@ class BlockSaliency(DyLLM):
     """DyLLM's passes on Fast-dLLM's schedule: dense at the start of each block, then the block only."""
 
     def plan(self, canvas: Canvas) -> tuple[str, slice]:
-        kind = step_kind(canvas.block_step + 1, self.config.num_full_steps, period=1)
+        kind = self.kind_ahead(canvas)
         return kind, slice(0, canvas.length) if kind == FULL else canvas.block_slice
 
-    def next_kind(self, canvas: Canvas) -> str:
-        """The block's next pass (a dense refresh that ends the block refills caches nobody reads: harmless)."""
-        return step_kind(canvas.block_step + 2, self.config.num_full_steps, period=1)
+    def kind_ahead(self, canvas: Canvas, ahead: int = 0) -> str:
+        """Counted within the block (a dense refresh that ends its block refills caches nobody reads: harmless)."""
+        return step_kind(canvas.block_step + 1 + ahead, self.config.num_full_steps, period=1)
 
 
 @register

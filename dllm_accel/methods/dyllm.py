@@ -178,7 +178,7 @@ class DyLLM(ForwardStrategy):
         # select nothing, so they add no work to the salient paths and no count to the statistics
         running = None if canvas.finished is None else ~canvas.finished
         if kind == FULL:
-            hidden = self._full(model, canvas.x, refill=self.next_kind(canvas) != FULL)
+            hidden = self._full(model, canvas.x, refill=self.kind_ahead(canvas, 1) != FULL)
         else:
             hidden = self._sparse(model, canvas, queries, running, record)
         canvas.nfe += 1
@@ -192,12 +192,13 @@ class DyLLM(ForwardStrategy):
 
         A dense step returns every row; a stacked strategy may narrow a sparse step's queries.
         """
-        kind = step_kind(canvas.step + 1, self.config.num_full_steps, self.config.prune_period)
+        kind = self.kind_ahead(canvas)
         return kind, slice(canvas.prompt_length if kind == PRUNED else 0, canvas.length)
 
-    def next_kind(self, canvas: Canvas) -> str:
-        """What the step after this one runs (a dense step refills the caches only for a sparse one)."""
-        return step_kind(canvas.step + 2, self.config.num_full_steps, self.config.prune_period)
+    def kind_ahead(self, canvas: Canvas, ahead: int = 0) -> str:
+        """The kind of the step ``ahead`` steps after this one (0: this one; a dense step refills the
+        caches only when the next one is sparse)."""
+        return step_kind(canvas.step + 1 + ahead, self.config.num_full_steps, self.config.prune_period)
 
     def after_commit(self, canvas: Canvas, commit: Commit) -> None:
         # the engine keeps the previous positions when a request commits nothing
