@@ -8,6 +8,14 @@ vanilla under DyLLM's sampler (the engine sampler, EOS early exit) and DyLLM. Th
 the sampler, the last two only in the method. One profiled run of each splits the time into matrix products,
 the CPU body of DyLLM's context operator, and the loop's own Python (``denoise.step``'s self time). Beside it,
 a dense pass over R rows for several R: the per-pass cost that does not shrink with the rows.
+
+The ceiling table bounds what any implementation on this CPU could reach: every matrix product and attention
+call of one generation is recorded (with its tensors) and replayed back to back, so the products' own time is
+known without the work around them. DyLLM runs every op of a vanilla layer (on fewer rows) and its own on top,
+so its other work costs at least vanilla's scaled by how much of it remains when a pass has one row (the floor,
+measured on a dense pass). Its speed-up is then at most ``vanilla / (DyLLM's products + floor x vanilla's other
+work)`` however the rest is implemented: an upper bound, since the floor is applied to vanilla's sampler and loop
+too, which do not shrink with the rows.
 """
 
 from __future__ import annotations
@@ -16,18 +24,22 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dyllm import tiny_cases  # noqa: E402
+from bench_dyllm import generation_flops, tiny_cases, vanilla_flops  # noqa: E402
 
 from dllm_accel import build_method, generate  # noqa: E402
 from dllm_accel.methods.dyllm import DyLLMConfig  # noqa: E402
 
 RUNS = ("vanilla", "vanilla, DyLLM's sampler", "dyllm")
+aten = torch.ops.aten
+PRODUCTS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._scaled_dot_product_flash_attention_for_cpu}
 
 
 def runner(model, prompt: torch.Tensor, vanilla: dict, dyllm: dict):
@@ -36,10 +48,47 @@ def runner(model, prompt: torch.Tensor, vanilla: dict, dyllm: dict):
 
     def run(name: str):
         if name == RUNS[2]:
-            return generate(model, prompt, method=build_method("dyllm", **options), **sampler)
+            run.method = build_method("dyllm", **options)
+            return generate(model, prompt, method=run.method, **sampler)
         return generate(model, prompt, method="vanilla", **(vanilla if name == RUNS[0] else sampler))
 
     return run
+
+
+class ProductRecorder(TorchDispatchMode):
+    """Keeps every matrix product and attention call (op, arguments) that runs under it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in PRODUCTS:
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def products_ms(work, reps: int) -> float:
+    """Median milliseconds of ``work()``'s products replayed back to back (their tensors as recorded)."""
+    recorder = ProductRecorder()
+    with torch.no_grad(), recorder:
+        work()
+    times = []
+    with torch.no_grad():
+        for _ in range(reps):
+            started = time.process_time()
+            for func, args, kwargs in recorder.calls:
+                func(*args, **kwargs)
+            times.append(time.process_time() - started)
+    return statistics.median(times) * 1e3
+
+
+def flop_reduction(model, prompt: torch.Tensor, vanilla: dict, dyllm: dict, nfe: int, method) -> float:
+    length, gen = prompt.shape[1] + vanilla["gen_length"], vanilla["gen_length"]
+    per_step = dyllm["gen_length"] // dyllm.get("steps", dyllm["gen_length"])
+    spec = model.spec
+    return vanilla_flops(spec, nfe, length) / generation_flops(spec, method.trace, length, gen, per_step)
 
 
 def split(run, name: str) -> dict[str, float]:
@@ -67,6 +116,16 @@ def dense_pass_ms(model, rows: int, reps: int = 100) -> float:
     return (time.process_time() - started) / reps * 1e3
 
 
+def other_work_floor(model, rows: int, reps: int = 100) -> float:
+    """How much of a dense pass's non-product work over ``rows`` rows remains over 1 row (a fraction)."""
+
+    def other(n: int) -> float:
+        ids, positions = torch.randint(0, 250, (1, n)), torch.arange(n)
+        return dense_pass_ms(model, n, reps) - products_ms(lambda: model.logits(model.trunk(ids, positions)), reps)
+
+    return min(1.0, other(1) / other(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -84,7 +143,7 @@ def main() -> None:
         "| of which the sampler | of which the method |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    profiles = {}
+    profiles, ceilings = {}, []
     for label, prompt, vanilla, dyllm in cases:
         run = runner(model, prompt, vanilla, dyllm)
         times = {name: [] for name in RUNS}
@@ -103,6 +162,26 @@ def main() -> None:
         print(lines[-1], flush=True)
         if label.startswith("tiny copy"):
             profiles = {name: split(run, name) for name in RUNS}
+        cv, cd = (products_ms(partial(run, name), args.rounds) for name in (RUNS[0], RUNS[2]))
+        reduction = flop_reduction(model, prompt, vanilla, dyllm, nfe[RUNS[0]], run.method)
+        floor = other_work_floor(model, prompt.shape[1] + vanilla["gen_length"], 20)
+        bound = v / (cd + floor * (v - cv))
+        ceilings.append(
+            f"| {label} | {reduction:.2f}x | {0.7 * reduction:.2f}x | {cv:.1f} | {cd:.1f} | {cv / cd:.2f}x "
+            f"| {v - cv:.1f} | {d - cd:.1f} | {floor:.2f} | {bound:.2f}x ({bound / reduction:.0%}) |"
+        )
+    lines += [
+        "",
+        "What the products allow (ms: each run's products replayed back to back, the median of as many repeats as"
+        " rounds; other work is the run's median time less its products; floor: a dense pass's other work over 1 row"
+        " over that over all the case's positions; ceiling: vanilla / (DyLLM's products + floor x vanilla's other"
+        " work)):",
+        "",
+        "| case | FLOP reduction | 70% of it | vanilla products | DyLLM products | products ratio"
+        " | vanilla's other work | DyLLM's other work | floor | DyLLM's ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *ceilings,
+    ]
     lines += ["", "One profiled run of the copy case (ms, self CPU time):", "",
               "| run | total | matrix products | DyLLM context operator | loop Python (`denoise.step` self) |",
               "|---|---|---|---|---|"]

@@ -78,3 +78,22 @@ def test_bench_official_refuses_a_process_clock_off_the_cpu(capsys):
         bench_official.main(["--clock", "process", "--device", "cuda"])
     assert stop.value.code == 2
     assert "--clock process times CPU runs only (got --device cuda)" in capsys.readouterr().err
+
+
+def test_dyllm_overhead_records_every_product_of_a_pass_and_replays_them():
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    import torch
+    from dyllm_overhead import PRODUCTS, ProductRecorder
+
+    from dllm_accel.models import load_model
+
+    model = load_model(REPO_ROOT / "checkpoints" / "tiny-llada", dtype=torch.float32)
+    ids, positions = torch.randint(0, 250, (1, 12)), torch.arange(12)
+    recorder = ProductRecorder()
+    with torch.no_grad(), recorder:
+        logits = model.logits(model.trunk(ids, positions))
+    # per layer: q, k, v, o, attention, gate, up, down; then the head
+    assert len(recorder.calls) == 8 * model.spec.n_layers + 1
+    assert {func.overloadpacket for func, _, _ in recorder.calls} <= PRODUCTS
+    func, args, kwargs = recorder.calls[-1]
+    assert torch.equal(func(*args, **kwargs).reshape(logits.shape), logits)
