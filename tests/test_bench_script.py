@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -97,3 +98,37 @@ def test_dyllm_overhead_records_every_product_of_a_pass_and_replays_them():
     assert {func.overloadpacket for func, _, _ in recorder.calls} <= PRODUCTS
     func, args, kwargs = recorder.calls[-1]
     assert torch.equal(func(*args, **kwargs).reshape(logits.shape), logits)
+
+
+# pyproject's dependencies that the lent GPU machine's image lacks (device README, KINDS.md): the GPU check
+# runs under that image's python3, which has torch, transformers, safetensors, pandas, pytest, but none of these
+ABSENT_ON_THE_GPU_MACHINE = ("lm_eval", "hydra", "hydra_plugins", "omegaconf", "submitit", "wandb", "datasets", "math_verify")
+WITHOUT_THEM = f"""
+import sys
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {ABSENT_ON_THE_GPU_MACHINE!r}:
+            raise ImportError(name + " is not on the GPU machine")
+
+sys.meta_path.insert(0, Absent())
+"""
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_without_the_evaluation_stack(tmp_path):
+    """``gpu_check.sh``'s benchmark and GPU tests import nothing that the GPU machine's image lacks."""
+    bench = str(REPO_ROOT / "experiments" / "bench_methods.py")
+    run = WITHOUT_THEM + (
+        f"import runpy\nsys.argv = [{bench!r}, '--smoke', '--models', 'llada_8b', '--presets', 'vanilla', 'dyllm', "
+        f"'--out-dir', {str(tmp_path)!r}, '--tag', 'smoke']\nrunpy.run_path({bench!r}, run_name='__main__')"
+    )
+    collect = WITHOUT_THEM + (
+        "import pytest\nsys.exit(pytest.main(['--collect-only', '-q', '-m', 'gpu', '-p', 'xdist', "
+        "'tests/test_compile.py', 'tests/test_dyllm.py']))"
+    )
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(REPO_ROOT)}
+    for code in (run, collect):
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (tmp_path / "smoke.json").is_file()
