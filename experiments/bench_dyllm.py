@@ -121,6 +121,13 @@ def vanilla_flops(spec, steps: int, length: int) -> float:
     return steps * (spec.n_layers * layer_flops(spec, length, length, length, length, True) + head * length)
 
 
+def case_flops(spec, prompt: torch.Tensor, vanilla: dict, dyllm: dict, nfe_vanilla: int, trace) -> tuple[float, float]:
+    """Vanilla's and DyLLM's FLOPs over one case (DyLLM's from the trace of its run)."""
+    length, gen = prompt.shape[1] + vanilla["gen_length"], vanilla["gen_length"]
+    per_step = dyllm["gen_length"] // dyllm.get("steps", dyllm["gen_length"])
+    return vanilla_flops(spec, nfe_vanilla, length), generation_flops(spec, trace, length, gen, per_step)
+
+
 def timed(model, prompt, method, settings) -> tuple[float, torch.Tensor, object]:
     """CPU seconds of this process (one torch thread: the machine's other jobs do not count), and wall."""
     started, wall = time.process_time(), time.perf_counter()
@@ -150,10 +157,8 @@ def compare(model, cases: list[tuple[str, torch.Tensor, dict, dict]], before_cls
                     wall, seq_a, out_a = timed(model, prompt, after, sampler)
                 walls[name].append(wall)
                 clocks[name].append(timed.wall)
-        length, gen = prompt.shape[1] + vanilla["gen_length"], vanilla["gen_length"]
-        per_step = dyllm["gen_length"] // dyllm.get("steps", dyllm["gen_length"])
-        f_dyllm = generation_flops(model.spec, after.trace, length, gen, per_step)
-        f_vanilla = vanilla_flops(model.spec, out_v.nfe, length)
+        length = prompt.shape[1] + vanilla["gen_length"]
+        f_vanilla, f_dyllm = case_flops(model.spec, prompt, vanilla, dyllm, out_v.nfe, after.trace)
         fractions = after.salient_fractions
         rows.append(
             {

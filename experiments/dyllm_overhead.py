@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dyllm import generation_flops, tiny_cases, vanilla_flops  # noqa: E402
+from bench_dyllm import case_flops, tiny_cases  # noqa: E402
 
 from dllm_accel import build_method, generate  # noqa: E402
 from dllm_accel.methods.dyllm import DyLLMConfig  # noqa: E402
@@ -84,13 +84,6 @@ def products_ms(work, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def flop_reduction(model, prompt: torch.Tensor, vanilla: dict, dyllm: dict, nfe: int, method) -> float:
-    length, gen = prompt.shape[1] + vanilla["gen_length"], vanilla["gen_length"]
-    per_step = dyllm["gen_length"] // dyllm.get("steps", dyllm["gen_length"])
-    spec = model.spec
-    return vanilla_flops(spec, nfe, length) / generation_flops(spec, method.trace, length, gen, per_step)
-
-
 def split(run, name: str) -> dict[str, float]:
     """Milliseconds of one profiled run: matrix products, DyLLM's context operator (its own code), loop Python."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -116,14 +109,10 @@ def dense_pass_ms(model, rows: int, reps: int = 100) -> float:
     return (time.process_time() - started) / reps * 1e3
 
 
-def other_work_floor(model, rows: int, reps: int = 100) -> float:
-    """How much of a dense pass's non-product work over ``rows`` rows remains over 1 row (a fraction)."""
-
-    def other(n: int) -> float:
-        ids, positions = torch.randint(0, 250, (1, n)), torch.arange(n)
-        return dense_pass_ms(model, n, reps) - products_ms(lambda: model.logits(model.trunk(ids, positions)), reps)
-
-    return min(1.0, other(1) / other(rows))
+def other_work_ms(model, rows: int, reps: int) -> float:
+    """A dense pass's time over ``rows`` rows less its products': the work that shrinks little with the rows."""
+    ids, positions = torch.randint(0, 250, (1, rows)), torch.arange(rows)
+    return dense_pass_ms(model, rows, reps) - products_ms(lambda: model.logits(model.trunk(ids, positions)), reps)
 
 
 def main() -> None:
@@ -144,6 +133,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     profiles, ceilings = {}, []
+    one_row = other_work_ms(model, 1, 20)
     for label, prompt, vanilla, dyllm in cases:
         run = runner(model, prompt, vanilla, dyllm)
         times = {name: [] for name in RUNS}
@@ -163,8 +153,10 @@ def main() -> None:
         if label.startswith("tiny copy"):
             profiles = {name: split(run, name) for name in RUNS}
         cv, cd = (products_ms(partial(run, name), args.rounds) for name in (RUNS[0], RUNS[2]))
-        reduction = flop_reduction(model, prompt, vanilla, dyllm, nfe[RUNS[0]], run.method)
-        floor = other_work_floor(model, prompt.shape[1] + vanilla["gen_length"], 20)
+        f_vanilla, f_dyllm = case_flops(model.spec, prompt, vanilla, dyllm, nfe[RUNS[0]], run.method.trace)
+        reduction = f_vanilla / f_dyllm
+        # how much of a pass's other work remains at 1 row (at most all of it)
+        floor = min(1.0, one_row / other_work_ms(model, prompt.shape[1] + vanilla["gen_length"], 20))
         bound = v / (cd + floor * (v - cv))
         ceilings.append(
             f"| {label} | {reduction:.2f}x | {0.7 * reduction:.2f}x | {cv:.1f} | {cd:.1f} | {cv / cd:.2f}x "
